@@ -1,0 +1,5 @@
+"""``python -m robustlab`` is the ``robustlab`` command."""
+
+from .cli.main import main
+
+raise SystemExit(main())

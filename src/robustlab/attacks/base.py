@@ -1,0 +1,117 @@
+"""The attack interface: ``attack(model, x, y) -> x_adv``, configured in the constructor."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..errors import AttackInputError, ConfigError
+from ..registry import Registry
+from .functional import THREAT_MODELS, ThreatModel, threat_model
+
+ATTACKS: Registry[Callable[..., Attack]] = Registry("attack", "attack")
+
+MODEL_MODES = ("eval", "train")
+
+
+@contextmanager
+def model_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Put ``model`` in ``mode`` (``"eval"`` or ``"train"``) and restore every module's own flag after.
+
+    Restoring per module (not one ``model.train(flag)``) keeps deliberately mixed states intact,
+    e.g. a frozen batch-norm layer left in eval mode inside a model in train mode.
+    """
+    previous = [(module, module.training) for module in model.modules()]
+    model.train(mode == "train")
+    try:
+        yield
+    finally:
+        for module, training in previous:
+            module.training = training
+
+
+class Attack(ABC):
+    """Base class of every attack.
+
+    Subclasses implement :meth:`perturb` (the paper's loop); this class validates the inputs,
+    sets the model's mode for the duration of the attack and restores it after, and returns a
+    detached result. Gradients are taken with :func:`torch.autograd.grad` with respect to the
+    input only, so the model's parameter ``.grad`` fields are never touched.
+
+    Args:
+        eps: radius of the threat model's ball (images live in [0, 1]).
+        norm: ``"Linf"`` or ``"L2"``.
+        model_mode: mode of the model while the attack runs: ``"eval"`` (evaluation, and the
+            default for training attacks) or ``"train"`` (batch norm uses batch statistics and
+            updates its running averages, as some training codebases do).
+        check_inputs: verify images are in [0, 1] and labels in range (one host sync per call).
+    """
+
+    def __init__(
+        self, eps: float, norm: str = "Linf", model_mode: str = "eval", check_inputs: bool = True
+    ) -> None:
+        if eps < 0:
+            raise ConfigError("eps", eps, "must be >= 0")
+        if norm not in THREAT_MODELS:
+            raise ConfigError("norm", norm, f"one of {', '.join(THREAT_MODELS.names())}")
+        if model_mode not in MODEL_MODES:
+            raise ConfigError("model_mode", model_mode, f"one of {', '.join(MODEL_MODES)}")
+        self.eps = float(eps)
+        self.norm = norm
+        self.ball: ThreatModel = threat_model(norm)
+        self.model_mode = model_mode
+        self.check_inputs = check_inputs
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial examples for ``(x, y)``: same shape as ``x``, within the ball, in [0, 1]."""
+        if self.check_inputs:
+            _check_inputs(x, y)
+        with model_mode(model, self.model_mode):
+            x_adv = self.perturb(model, x.detach(), y.detach())
+        return x_adv.detach()
+
+    @abstractmethod
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The attack's algorithm; the model is already in the attack's mode."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{k}={v!r}" for k, v in vars(self).items() if not callable(v) and k != "ball"
+        )
+        return f"{type(self).__name__}({fields})"
+
+
+def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
+    if not x.is_floating_point():
+        raise AttackInputError(f"images must be floating point in [0, 1], got dtype {x.dtype}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise AttackInputError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    low, high = torch.aminmax(x)
+    if low < 0 or high > 1:  # one sync; attacks are defined on the image box only
+        raise AttackInputError(
+            f"images must lie in [0, 1], got values in [{low.item():.4g}, {high.item():.4g}]"
+        )
+    if y.numel() and y.min() < 0:
+        raise AttackInputError(f"labels must be >= 0, got {y.min().item()}")
+
+
+def input_gradient(
+    model: nn.Module,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``sum(loss_fn(model(x_adv), y))`` with respect to ``x_adv``, and the logits.
+
+    Only the input's gradient is computed: autograd skips the weight gradients, and parameters'
+    ``.grad`` stay as they were.
+    """
+    x_adv = x_adv.detach().requires_grad_(True)
+    logits = model(x_adv)
+    loss = loss_fn(logits, y).sum()
+    (grad,) = torch.autograd.grad(loss, x_adv)
+    return grad, logits.detach()

@@ -1,0 +1,93 @@
+"""PGD: projected gradient ascent from a random start (Madry et al., ICLR 2018)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .base import ATTACKS, Attack, input_gradient
+from .functional import LOSSES, clip_to_ball
+
+
+@ATTACKS.register("pgd")
+class PGD(Attack):
+    """Projected Gradient Descent, "Towards Deep Learning Models Resistant to Adversarial
+    Attacks" (Madry, Makelov, Schmidt, Tsipras, Vladu; ICLR 2018), section 2.1, eq. (2.1):
+    ``x_{t+1} = Proj_{B(x, eps) ∩ [0,1]}(x_t + alpha * step(grad_x loss(f(x_t), y)))`` where
+    ``step`` is ``sign`` for L-inf and the normalized gradient for L2.
+
+    Threat model: L-inf (default) or L2 ball of radius ``eps`` intersected with [0, 1].
+
+    Args:
+        eps: budget (default 8/255).
+        alpha: step size (default ``2.5 * eps / steps``, Madry et al.; 2/255 for 8/255 and 10 steps).
+        steps: iterations (default 10).
+        norm: ``"Linf"`` or ``"L2"``.
+        random_start: start from a uniform random point of the ball (default True).
+        restarts: independent runs; per example, the first run that changes the prediction is
+            kept, else the one with the highest loss (default 1).
+        loss: a registered attack loss: ``"ce"`` (default) or ``"cw"`` (margin).
+        model_mode: ``"eval"`` (default) or ``"train"``.
+
+    Shapes: ``x`` B x C x H x W in [0, 1], ``y`` B (int64) -> ``x_adv`` like ``x``.
+
+    Example:
+        >>> attack = create_attack("pgd", eps=8 / 255, steps=20)
+        >>> x_adv = attack(model, x, y)
+    """
+
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        alpha: float | None = None,
+        steps: int = 10,
+        norm: str = "Linf",
+        random_start: bool = True,
+        restarts: int = 1,
+        loss: str = "ce",
+        model_mode: str = "eval",
+        check_inputs: bool = True,
+    ) -> None:
+        super().__init__(eps, norm, model_mode, check_inputs)
+        if steps <= 0:
+            raise ConfigError("steps", steps, "must be > 0")
+        if restarts <= 0:
+            raise ConfigError("restarts", restarts, "must be > 0")
+        self.steps = int(steps)
+        self.alpha = 2.5 * self.eps / self.steps if alpha is None else float(alpha)
+        if self.alpha <= 0 and self.eps > 0:
+            raise ConfigError("alpha", alpha, "must be > 0")
+        self.random_start = random_start
+        self.restarts = int(restarts)
+        self.loss = loss
+        self.loss_fn = LOSSES.get(loss)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.restarts == 1:
+            return self._ascend(model, x, y)
+        best = x.clone()
+        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for _ in range(self.restarts):
+            x_adv = self._ascend(model, x, y)
+            with torch.no_grad():
+                logits = model(x_adv)
+                loss = self.loss_fn(logits, y)
+                now_fooled = logits.argmax(1) != y
+            # A point already fooled keeps its example; otherwise fooling beats a higher loss.
+            take = ~fooled & (now_fooled | (loss > best_loss))
+            best = torch.where(take[:, None, None, None], x_adv, best)
+            best_loss = torch.where(take, loss, best_loss)
+            fooled |= now_fooled
+        return best
+
+    def _ascend(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One run of projected gradient ascent."""
+        x_adv = x
+        if self.random_start:
+            x_adv = clip_to_ball(x + self.ball.random_init(x, self.eps), x, self.eps, self.ball)
+        for _ in range(self.steps):
+            grad, _ = input_gradient(model, x_adv, y, self.loss_fn)
+            x_adv = clip_to_ball(x_adv + self.ball.step(grad, self.alpha), x, self.eps, self.ball)
+        return x_adv

@@ -1,0 +1,61 @@
+"""Helpers shared by the subcommands: output, store access, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+from ..registry import Registry
+
+# Each subcommand module registers ``(add_arguments, run)`` under its name.
+COMMANDS: Registry[Any] = Registry("command", "command")
+
+
+def emit_json(payload: dict[str, Any]) -> None:
+    """Print exactly one JSON object on stdout (NaN becomes null: JSON has no NaN)."""
+    print(json.dumps(_clean(payload), indent=2))
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def info(message: str, quiet: bool = False) -> None:
+    """Human-readable progress messages go to stderr, keeping stdout for results."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def add_store_argument(parser: Any) -> None:
+    from ..store import DEFAULT_STORE
+
+    parser.add_argument(
+        "--store",
+        default=str(DEFAULT_STORE),
+        metavar="DB",
+        help=f"results store (default {DEFAULT_STORE})",
+    )
+
+
+class Command:
+    """A subcommand: its help, how it adds its arguments, and what it runs."""
+
+    def __init__(
+        self, help: str, add_arguments: Any, run: Any, description: str | None = None
+    ) -> None:
+        self.help, self.add_arguments, self.run = help, add_arguments, run
+        self.description = description or help
+
+
+def register_command(
+    name: str, help: str, add_arguments: Any, run: Any, description: str | None = None
+) -> None:
+    COMMANDS.register(name)(Command(help, add_arguments, run, description))

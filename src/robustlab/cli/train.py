@@ -1,0 +1,124 @@
+"""``robustlab train [CONFIG.toml] [--set KEY=VALUE ...] [--out DIR] [--resume DIR] ...``"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig, build_config
+from ..errors import ConfigError
+from ..report import render_table
+from ..rundir import RunDirectory, new_run_id
+from ..store import ResultsStore
+from ..training.runner import FitResult, fit, prepare
+from ._common import add_store_argument, emit_json, info, register_command
+
+RUNS_ROOT = Path("runs")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="TOML config file (defaults <- file <- --set)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one key, e.g. --set attack.eps=8/255 (repeatable)",
+    )
+    parser.add_argument("--out", metavar="DIR", help="run directory (default runs/<run id>)")
+    parser.add_argument(
+        "--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint"
+    )
+    parser.add_argument(
+        "--download", action="store_true", help="download missing dataset files (needs torchvision)"
+    )
+    add_store_argument(parser)
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object (run_dir, final, best) on stdout"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet = args.quiet or args.json
+    if args.resume:
+        if args.config or args.overrides or args.out:
+            raise ConfigError(
+                "--resume",
+                args.resume,
+                "a resumed run keeps its saved config; drop CONFIG, --set and --out",
+            )
+        run_dir = RunDirectory.open(args.resume)
+        config = run_dir.read_config()
+        run_id = run_dir.run_id
+    else:
+        overrides = [*args.overrides, *(["data.download=true"] if args.download else [])]
+        config = build_config(args.config, overrides)
+        run_id = new_run_id(config)
+        run_dir = None
+    experiment = prepare(config)  # every check that can fail happens before anything is written
+    out = Path(args.out) if args.out else RUNS_ROOT / run_id
+    if run_dir is None:
+        RunDirectory.check_free(out)
+    store = ResultsStore(args.store)
+    if run_dir is None:
+        run_dir = RunDirectory.create(out, config, run_id)
+    info(f"run {run_id} -> {run_dir.path}", quiet)
+    result = fit(
+        experiment,
+        run_dir,
+        run_id,
+        store,
+        resume=bool(args.resume),
+        show_progress=not quiet,
+        on_epoch=None if quiet else _print_epoch,
+    )
+    if args.json:
+        emit_json(
+            {
+                "run_id": result.run_id,
+                "run_dir": str(result.run_dir),
+                "final": result.final,
+                "best": result.best,
+            }
+        )
+    else:
+        print(summary_table(config, result))
+    return 0
+
+
+def _print_epoch(m: dict[str, Any]) -> None:
+    def pct(key: str) -> str:
+        return "   -  " if m.get(key) is None else f"{100 * m[key]:5.1f}%"
+
+    info(
+        f"epoch {m['epoch']:>3}  lr {m['lr']:.4g}  loss {m['train_loss']:.4f}  "
+        f"train {pct('train_nat_acc')}/{pct('train_rob_acc')}  val {pct('val_nat_acc')}/{pct('val_rob_acc')}  "
+        f"test {pct('test_nat_acc')}/{pct('test_rob_acc')}  stab {pct('test_stability')}  {m['time_s']:.1f}s"
+    )
+
+
+def summary_table(config: RunConfig, result: FitResult) -> str:
+    rows = []
+    for label, m in (("final", result.final), ("best (val)", result.best)):
+        if m:
+            rows.append(
+                [
+                    label,
+                    m["epoch"],
+                    m.get("test_nat_acc"),
+                    m.get("test_rob_acc"),
+                    m.get("test_stability"),
+                ]
+            )
+    table = render_table(
+        ["checkpoint", "epoch", "natural acc", "robust acc", "stability"],
+        rows,
+        ["auto", "auto", "pct", "pct", "pct"],
+    )
+    return f"{result.run_id}  ({config.method.name}, {config.model.name}, eps {config.eval.eps:.4g} {config.eval.norm})\n{table}"
+
+
+register_command("train", "train a model with an (adversarial) training method", add_arguments, run)

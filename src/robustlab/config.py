@@ -1,0 +1,594 @@
+"""Typed run configuration: defaults <- TOML file <- ``--set key=value`` overrides.
+
+A run is fully described by a :class:`RunConfig`. Every key is declared once here, with its
+type, default, allowed values and a one-line description (the README's key table is generated
+from these declarations by ``robustlab config --keys``). Unknown keys are rejected with a
+"did you mean", wrong types and out-of-range values with one line naming the key, the value
+and what is allowed, all before any work starts.
+
+Budgets and step sizes accept fractions as papers write them: ``attack.eps = "8/255"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._fraction import parse_number
+from .errors import ConfigError, did_you_mean
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+Check = tuple[Callable[[Any], bool], str]
+
+DEVICES = ("auto", "cpu", "cuda")
+NORMS = ("Linf", "L2")
+BN_MODES = ("eval", "train")
+STABILITY_LABELS = ("predicted", "true")
+
+
+def key(
+    default: Any, doc: str, check: Check | None = None, choices: Iterable[str] | str | None = None
+) -> Any:
+    """Declare a config key: its default, description, and range check or allowed names.
+
+    ``choices`` is a tuple of names, or the name of a registry (``"models"``) looked up at
+    validation time so that later issues' registrations are accepted without editing this file.
+    """
+    metadata = {"doc": doc, "check": check, "choices": choices}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _positive(v: Any) -> bool:
+    return v is None or v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v is None or v >= 0
+
+
+POSITIVE: Check = (_positive, "must be > 0")
+NON_NEGATIVE: Check = (_non_negative, "must be >= 0")
+PROBABILITY: Check = (lambda v: v is None or 0 <= v <= 1, "must be in [0, 1]")
+MOMENTUM: Check = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+VAL_SIZE: Check = (lambda v: v >= 0, "a count >= 0 or a fraction in [0, 1)")
+
+
+@dataclass
+class DataConfig:
+    name: str = key("digits", "dataset name", choices="datasets")
+    root: str = key("data", "directory holding the official dataset files")
+    val_size: int | float = key(
+        0.1,
+        "held-out validation split from the training set: a count, or a fraction if < 1",
+        VAL_SIZE,
+    )
+    augment: str = key(
+        "auto",
+        "training augmentation: auto (the dataset's usual one), none, crop_flip, crop",
+        choices="augmentations",
+    )
+    download: bool = key(False, "download missing files through torchvision (if installed)")
+    options: dict[str, Any] = key(
+        {}, "dataset-specific options (e.g. synthetic: n_train, image_size)"
+    )
+
+
+@dataclass
+class ModelConfig:
+    name: str = key("mlp", "model family", choices="models")
+    width: int | None = key(
+        None,
+        "width knob: MLP units, LeNet/VGG factor, WRN widen factor, DenseNet growth rate, ResNet base channels (unset: family standard)",
+        POSITIVE,
+    )
+    depth: int | None = key(
+        None, "depth (unset: family standard; fixed-depth families take none)", POSITIVE
+    )
+    normalize: bool = key(
+        True, "put the dataset's per-channel mean/std normalization inside the model"
+    )
+    options: dict[str, Any] = key(
+        {}, "family-specific options (e.g. resnet_cifar: batchnorm = false)"
+    )
+
+
+@dataclass
+class MethodConfig:
+    name: str = key("pgd_at", "training method", choices="methods")
+    lam: float | None = key(
+        None,
+        "robust-regularization strength lambda (unset: the method's published default)",
+        NON_NEGATIVE,
+    )
+
+
+@dataclass
+class AttackConfig:
+    norm: str = key("Linf", "threat model of the training attack", choices=NORMS)
+    eps: float = key(0.1, "training attack budget (fractions such as 8/255 allowed)", NON_NEGATIVE)
+    alpha: float | None = key(
+        None, "PGD step size (unset: 2.5 * eps / steps, Madry et al.)", POSITIVE
+    )
+    steps: int = key(10, "PGD steps of the training attack", POSITIVE)
+    random_start: bool = key(True, "start PGD from a uniform random point in the ball")
+    loss: str = key("ce", "loss the training attack maximizes", choices="attack_losses")
+    bn_mode: str = key(
+        "eval", "batch-norm mode while crafting training attacks (peers differ)", choices=BN_MODES
+    )
+
+
+@dataclass
+class EvalConfig:
+    eps: float | None = key(None, "evaluation budget (unset: attack.eps)", NON_NEGATIVE)
+    norm: str | None = key(None, "evaluation threat model (unset: attack.norm)", choices=NORMS)
+    alpha: float | None = key(None, "evaluation PGD step size (unset: 2.5 * eps / steps)", POSITIVE)
+    steps: int = key(20, "evaluation PGD steps", POSITIVE)
+    restarts: int = key(1, "evaluation PGD random restarts (per-example worst case kept)", POSITIVE)
+    n: int | None = key(None, "test points evaluated each epoch (unset: all)", POSITIVE)
+    n_train: int = key(
+        1000,
+        "training points evaluated each epoch for train_nat_acc/train_rob_acc (0: skip)",
+        NON_NEGATIVE,
+    )
+    batch_size: int = key(512, "evaluation batch size", POSITIVE)
+    stability_labels: str = key(
+        "predicted",
+        "attack each point's predicted label (exact eq. 3.1) or its true label",
+        choices=STABILITY_LABELS,
+    )
+    every: int = key(1, "evaluate every this many epochs (the last epoch always)", POSITIVE)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = key(30, "training epochs", POSITIVE)
+    batch_size: int = key(128, "training batch size", POSITIVE)
+    optimizer: str = key("sgd", "optimizer", choices="optimizers")
+    lr: float = key(0.1, "peak learning rate", POSITIVE)
+    momentum: float = key(0.9, "SGD momentum", MOMENTUM)
+    nesterov: bool = key(False, "Nesterov momentum")
+    weight_decay: float = key(5e-4, "L2 weight decay", NON_NEGATIVE)
+    schedule: str = key(
+        "piecewise", "learning-rate schedule, stepped per iteration", choices="schedules"
+    )
+    milestones: list[float] | None = key(
+        None,
+        "piecewise: epochs at which the LR is multiplied by gamma (unset: 50% and 75% of train.epochs)",
+    )
+    gamma: float = key(0.1, "piecewise: LR factor at each milestone", POSITIVE)
+    warmup_epochs: float = key(0.0, "linear LR warm-up from 0 over this many epochs", NON_NEGATIVE)
+
+
+@dataclass
+class RunConfig:
+    """The whole description of a training run."""
+
+    seed: int = key(0, "seed for initialization, shuffling, augmentation and attacks")
+    device: str = key("auto", "auto (cuda if available), cpu or cuda", choices=DEVICES)
+    tag: str = key("", "free-form label stored with the run (for sweeps and reports)")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def get(self, dotted: str) -> Any:
+        value: Any = self
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and overriding
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file; a syntax error or missing file is a :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("config", str(path), "no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", str(path), f"not valid TOML ({exc})") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"attack.eps=8/255"`` -> ``("attack.eps", "8/255")``; values are TOML literals when they parse."""
+    if "=" not in text:
+        raise ConfigError("--set", text, "expected KEY=VALUE, e.g. attack.eps=8/255")
+    dotted, raw = text.split("=", 1)
+    dotted, raw = dotted.strip(), raw.strip()
+    if not dotted:
+        raise ConfigError("--set", text, "expected KEY=VALUE, e.g. attack.eps=8/255")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word or a fraction: kept as text, coerced by the key's type
+    return dotted, _Raw(value, raw)
+
+
+class _Raw:
+    """A ``--set`` value with the text the user typed (string keys take the text verbatim)."""
+
+    __slots__ = ("raw", "value")
+
+    def __init__(self, value: Any, raw: str) -> None:
+        self.value, self.raw = value, raw
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a nested dict (a copy is returned)."""
+    tree = _deep_copy(tree)
+    for text in overrides:
+        dotted, value = parse_override(text)
+        node = tree
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(dotted, value.raw, f"{part!r} is not a table of keys")
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+def _deep_copy(tree: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
+
+
+def build_config(
+    file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults <- ``base`` <- TOML ``file`` <- ``overrides``, validated and resolved.
+
+    Raises:
+        ConfigError: (or :class:`~robustlab.errors.UnknownNameError`) for the first bad key.
+    """
+    tree: dict[str, Any] = _deep_copy(base or {})
+    if file is not None:
+        tree = _merge(tree, load_toml(file))
+    tree = apply_overrides(tree, overrides)
+    config = from_dict(tree)
+    validate(config)
+    return resolve(config)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for name, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(name), dict):
+            merged[name] = _merge(merged[name], value)
+        else:
+            merged[name] = value
+    return merged
+
+
+def from_dict(tree: Mapping[str, Any], cls: type = RunConfig, prefix: str = "") -> Any:
+    """Build a config dataclass from a nested dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in tree.items():
+        dotted = f"{prefix}{name}"
+        if name not in fields:
+            raise ConfigError(dotted, _plain(value), _unknown_key_hint(name, cls, prefix))
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    dotted,
+                    _plain(value),
+                    f"{dotted} is a table of keys ({_keys_of(annotation, dotted)})",
+                )
+            kwargs[name] = from_dict(value, annotation, f"{dotted}.")
+        else:
+            kwargs[name] = coerce(dotted, annotation, value)
+    return cls(**kwargs)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Raw):
+        return value.raw
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _unknown_key_hint(name: str, cls: type, prefix: str) -> str:
+    """'did you mean' for an unknown key: a near name in the same table, else a leaf elsewhere."""
+    local = [f.name for f in dataclasses.fields(cls)]
+    guess = did_you_mean(name, local)
+    if guess:
+        return f"unknown key; did you mean {prefix + guess!r}?"
+    leaves = all_keys()
+    by_leaf = {dotted.rsplit(".", 1)[-1]: dotted for dotted in leaves}
+    guess = did_you_mean(name, by_leaf)
+    if guess:
+        return f"unknown key; did you mean {by_leaf[guess]!r}?"
+    return f"unknown key; valid keys here: {_keys_of(cls, prefix.rstrip('.'))}"
+
+
+def _keys_of(cls: type, dotted: str) -> str:
+    prefix = f"{dotted}." if dotted else ""
+    return ", ".join(prefix + f.name for f in dataclasses.fields(cls))
+
+
+def coerce(dotted: str, annotation: Any, value: Any) -> Any:
+    """Convert a TOML or ``--set`` value to the key's declared type, or raise :class:`ConfigError`."""
+    raw = value.raw if isinstance(value, _Raw) else None
+    plain = value.value if isinstance(value, _Raw) else value
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if plain is None:
+            return None
+        if options == [int, float]:  # a count or a fraction (data.val_size)
+            if isinstance(plain, int) and not isinstance(plain, bool):
+                return plain
+            return _to_float(dotted, plain, raw)
+        return coerce(dotted, options[0], value)
+    if annotation is bool:
+        if isinstance(plain, bool):
+            return plain
+        raise ConfigError(dotted, _show(plain, raw), "expected true or false")
+    if annotation is int:
+        if isinstance(plain, int) and not isinstance(plain, bool):
+            return plain
+        raise ConfigError(dotted, _show(plain, raw), "expected an integer")
+    if annotation is float:
+        return _to_float(dotted, plain, raw)
+    if annotation is str:
+        if raw is not None:
+            return raw  # --set model.name=wrn arrives as text whatever TOML makes of it
+        if isinstance(plain, str):
+            return plain
+        raise ConfigError(dotted, plain, "expected a string")
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if isinstance(plain, str) and raw is not None:
+            plain = [part for part in plain.split(",") if part.strip()]
+        if not isinstance(plain, list):
+            raise ConfigError(dotted, _show(plain, raw), "expected a list, e.g. [75, 90]")
+        return [coerce(f"{dotted}[{i}]", item, v) for i, v in enumerate(plain)]
+    if origin is dict:
+        if not isinstance(plain, Mapping):
+            raise ConfigError(dotted, _show(plain, raw), "expected a table of options")
+        return {k: (v.value if isinstance(v, _Raw) else v) for k, v in plain.items()}
+    raise TypeError(
+        f"unsupported config annotation {annotation!r} for {dotted}"
+    )  # programming error
+
+
+def _show(plain: Any, raw: str | None) -> Any:
+    return raw if raw is not None else plain
+
+
+def _to_float(dotted: str, plain: Any, raw: str | None) -> float:
+    if isinstance(plain, bool):
+        raise ConfigError(
+            dotted, _show(plain, raw), "expected a number (fractions such as 8/255 allowed)"
+        )
+    if isinstance(plain, int | float):
+        number = float(plain)
+    elif isinstance(plain, str):
+        try:
+            number = parse_number(plain)
+        except ValueError:
+            raise ConfigError(
+                dotted, _show(plain, raw), "expected a number (fractions such as 8/255 allowed)"
+            ) from None
+    else:
+        raise ConfigError(
+            dotted, _show(plain, raw), "expected a number (fractions such as 8/255 allowed)"
+        )
+    if not math.isfinite(number):
+        raise ConfigError(dotted, _show(plain, raw), "expected a finite number")
+    return number
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and resolution
+
+
+def _registry_names(kind: str) -> list[str]:
+    """Names accepted for a registry-backed key; imported lazily (they pull in torch)."""
+    if kind == "models":
+        from .models import list_models
+
+        return list_models()
+    if kind == "datasets":
+        from .data import list_datasets
+
+        return list_datasets()
+    if kind == "augmentations":
+        from .data import AUGMENTATIONS
+
+        return ["auto", *AUGMENTATIONS.names()]
+    if kind == "methods":
+        from .training import list_methods
+
+        return list_methods()
+    if kind == "schedules":
+        from .training.schedules import list_schedules
+
+        return list_schedules()
+    if kind == "optimizers":
+        from .training.optim import OPTIMIZERS
+
+        return OPTIMIZERS.names()
+    if kind == "attack_losses":
+        from .attacks.functional import LOSSES
+
+        return LOSSES.names()
+    raise KeyError(kind)
+
+
+def iter_keys(
+    cls: type = RunConfig, prefix: str = ""
+) -> Iterable[tuple[str, dataclasses.Field, Any]]:
+    """Every leaf key as ``(dotted name, field, annotation)``, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        annotation = hints[f.name]
+        if dataclasses.is_dataclass(annotation):
+            yield from iter_keys(annotation, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, annotation
+
+
+def all_keys() -> list[str]:
+    return [dotted for dotted, _, _ in iter_keys()]
+
+
+def validate(config: RunConfig) -> None:
+    """Range and name checks on every key, then the checks that involve several keys."""
+    from .errors import UnknownNameError
+
+    for dotted, f, _ in iter_keys():
+        value = config.get(dotted)
+        check = f.metadata.get("check")
+        if check is not None and value is not None:
+            values = value if isinstance(value, list) else [value]
+            predicate, allowed = check
+            for item in values:
+                if not predicate(item):
+                    raise ConfigError(dotted, value, allowed)
+        choices = f.metadata.get("choices")
+        if choices is not None and value is not None:
+            names = _registry_names(choices) if isinstance(choices, str) else list(choices)
+            if value not in names:
+                raise UnknownNameError(dotted, value, names)
+    for dotted in ("attack", "eval"):
+        norm = config.get(f"{dotted}.norm") or config.attack.norm
+        eps = config.get(f"{dotted}.eps")
+        if eps is not None and norm == "Linf" and eps > 1:
+            raise ConfigError(
+                f"{dotted}.eps", eps, "must be in [0, 1] for Linf on images in [0, 1]"
+            )
+    if config.train.milestones is not None:
+        for m in config.train.milestones:
+            if not 0 <= m <= config.train.epochs:
+                raise ConfigError(
+                    "train.milestones",
+                    config.train.milestones,
+                    f"epochs in [0, train.epochs={config.train.epochs}]",
+                )
+    if isinstance(config.data.val_size, float) and config.data.val_size >= 1:
+        raise ConfigError(
+            "data.val_size", config.data.val_size, "a count (integer) or a fraction in [0, 1)"
+        )
+
+
+def default_alpha(eps: float, steps: int) -> float:
+    """Madry et al.'s step-size rule, 2.5 * eps / steps (2/255 for eps 8/255 and 10 steps)."""
+    return 2.5 * eps / steps
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """Fill the keys whose defaults derive from others, so the saved config is explicit."""
+    attack = dataclasses.replace(
+        config.attack,
+        alpha=config.attack.alpha
+        if config.attack.alpha is not None
+        else default_alpha(config.attack.eps, config.attack.steps),
+    )
+    eval_eps = config.eval.eps if config.eval.eps is not None else attack.eps
+    evaluation = dataclasses.replace(
+        config.eval,
+        eps=eval_eps,
+        norm=config.eval.norm or attack.norm,
+        alpha=config.eval.alpha
+        if config.eval.alpha is not None
+        else default_alpha(eval_eps, config.eval.steps),
+    )
+    train = config.train
+    if train.milestones is None:
+        train = dataclasses.replace(train, milestones=[0.5 * train.epochs, 0.75 * train.epochs])
+    method = config.method
+    if method.lam is None:
+        from .training import method_default_lam
+
+        method = dataclasses.replace(method, lam=method_default_lam(method.name))
+    return dataclasses.replace(config, attack=attack, eval=evaluation, train=train, method=method)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def to_toml(config: RunConfig) -> str:
+    """Render a config as TOML (``None`` values are omitted: TOML has no null)."""
+    lines: list[str] = []
+    tree = config.to_dict()
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            tables.append((name, value))
+        elif value is not None:
+            lines.append(f"{name} = {_toml_value(value)}")
+    for name, table in tables:
+        lines.append(f"\n[{name}]")
+        subtables = []
+        for sub, value in table.items():
+            if isinstance(value, dict):
+                subtables.append((sub, value))
+            elif value is not None:
+                lines.append(f"{sub} = {_toml_value(value)}")
+        for sub, value in subtables:
+            lines.append(f"\n[{name}.{sub}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """``(key, default, description)`` for every key, for ``robustlab config --keys`` and the README."""
+    rows = []
+    defaults = RunConfig()
+    for dotted, f, _ in iter_keys():
+        default = defaults.get(dotted)
+        rows.append(
+            (
+                dotted,
+                "unset"
+                if default is None
+                else _toml_value(default)
+                if not isinstance(default, dict)
+                else "{}",
+                f.metadata.get("doc", ""),
+            )
+        )
+    return rows

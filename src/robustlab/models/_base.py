@@ -1,0 +1,97 @@
+"""Machinery shared by the model families: the registry, input normalization, validation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "model.name")
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What a model family accepts, declared at registration.
+
+    Attributes:
+        default_width: the family's width knob at its standard value.
+        default_depth: the standard depth (None for families with a fixed depth).
+        depths: the depths the family supports (None: any positive depth allowed by ``depth_rule``).
+        width_meaning: what ``model.width`` controls, for docs and error messages.
+    """
+
+    default_width: int
+    default_depth: int | None
+    depths: tuple[int, ...] | None
+    width_meaning: str
+
+
+def register_model(
+    name: str,
+    *,
+    default_width: int,
+    default_depth: int | None = None,
+    depths: Sequence[int] | None = None,
+    width_meaning: str,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a family factory ``f(num_classes, in_channels, image_size, width, depth, **options)``."""
+    spec = FamilySpec(
+        default_width, default_depth, tuple(depths) if depths else None, width_meaning
+    )
+    return MODELS.register(name, spec=spec)
+
+
+def family_spec(name: str) -> FamilySpec:
+    return MODELS.meta(name)["spec"]
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` as the model's first layer.
+
+    Keeping normalization inside the model means attacks and the data pipeline always work on
+    images in [0, 1], where the threat model (the epsilon-ball) is defined.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer(
+            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        )
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class NormalizedModel(nn.Module):
+    """A network preceded by :class:`Normalize`; inputs are images in [0, 1]."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+def validate_shape_args(name: str, spec: FamilySpec, width: int, depth: int | None) -> None:
+    """Raise :class:`ConfigError` for a width or depth the family cannot build."""
+    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+        raise ConfigError("model.width", width, f"a positive integer ({spec.width_meaning})")
+    if spec.depths is None and spec.default_depth is None:
+        if depth is not None:
+            raise ConfigError(
+                "model.depth", depth, f"{name} has a fixed depth; leave model.depth unset"
+            )
+        return
+    if spec.depths is not None and depth not in spec.depths:
+        allowed = ", ".join(str(d) for d in spec.depths)
+        raise ConfigError("model.depth", depth, f"{name} supports depth {allowed}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth <= 0:
+        raise ConfigError("model.depth", depth, "a positive integer")

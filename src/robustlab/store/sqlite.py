@@ -1,0 +1,300 @@
+"""The results store: one SQLite database of runs, per-epoch metrics and evaluations.
+
+WAL mode lets readers (``robustlab runs``, reports) work while a run writes; every write is one
+transaction, so a killed process leaves the store as it was before or after a write, never between.
+Per-epoch rows are keyed by ``(run_id, epoch)``: a resumed run that replays an epoch replaces the
+row instead of adding a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import RunError
+
+SCHEMA_VERSION = 1
+DEFAULT_STORE = Path("runs") / "robustlab.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_info (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    run_dir     TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    tag         TEXT NOT NULL DEFAULT '',
+    dataset     TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    width       INTEGER,
+    depth       INTEGER,
+    method      TEXT NOT NULL,
+    lam         REAL,
+    norm        TEXT NOT NULL,
+    eps         REAL NOT NULL,
+    seed        INTEGER NOT NULL,
+    epochs      INTEGER NOT NULL,
+    config      TEXT NOT NULL,
+    summary     TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id   TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    epoch    INTEGER NOT NULL,
+    metrics  TEXT NOT NULL,
+    PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    eval_id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id                  TEXT REFERENCES runs(run_id) ON DELETE CASCADE,
+    created_at              TEXT NOT NULL,
+    source                  TEXT NOT NULL,
+    attack                  TEXT NOT NULL,
+    norm                    TEXT NOT NULL,
+    eps                     REAL NOT NULL,
+    n                       INTEGER NOT NULL,
+    natural_accuracy        REAL NOT NULL,
+    robust_accuracy         REAL NOT NULL,
+    perturbation_stability  REAL NOT NULL,
+    seconds                 REAL NOT NULL,
+    details                 TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of ``runs`` with its JSON columns decoded."""
+
+    run_id: str
+    run_dir: str
+    created_at: str
+    updated_at: str
+    status: str
+    tag: str
+    dataset: str
+    model: str
+    width: int | None
+    depth: int | None
+    method: str
+    lam: float | None
+    norm: str
+    eps: float
+    seed: int
+    epochs: int
+    config: dict[str, Any]
+    summary: dict[str, Any]
+
+
+class ResultsStore:
+    """Access to one store file; opening creates the file and schema if absent.
+
+    Args:
+        path: the SQLite file (default ``runs/robustlab.db``).
+        create: create the file if it does not exist (read-only commands pass ``False``).
+    """
+
+    def __init__(self, path: str | Path = DEFAULT_STORE, create: bool = True) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise RunError(
+                    f"store {str(self.path)!r} does not exist (train a run first, or pass --store)"
+                )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT version FROM schema_info").fetchone()
+            if row is None:
+                db.execute("INSERT INTO schema_info (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] > SCHEMA_VERSION:
+                raise RunError(
+                    f"store {str(self.path)!r} has schema {row[0]}; this robustlab reads <= {SCHEMA_VERSION}"
+                )
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection whose ``with`` block is one transaction (committed, or rolled back)."""
+        db = sqlite3.connect(self.path, timeout=60)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.row_factory = sqlite3.Row
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def upsert_run(
+        self, run_id: str, run_dir: str | Path, config: Mapping[str, Any], status: str = "running"
+    ) -> None:
+        """Insert the run, or mark an existing one (a resume) with ``status``."""
+        now = _now()
+        with self._connect() as db:
+            db.execute(
+                """INSERT INTO runs (run_id, run_dir, created_at, updated_at, status, tag, dataset, model,
+                       width, depth, method, lam, norm, eps, seed, epochs, config)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(run_id) DO UPDATE SET status=excluded.status, updated_at=excluded.updated_at,
+                       run_dir=excluded.run_dir""",
+                (
+                    run_id,
+                    str(run_dir),
+                    now,
+                    now,
+                    status,
+                    config.get("tag", ""),
+                    config["data"]["name"],
+                    config["model"]["name"],
+                    config["model"]["width"],
+                    config["model"]["depth"],
+                    config["method"]["name"],
+                    config["method"]["lam"],
+                    config["attack"]["norm"],
+                    config["attack"]["eps"],
+                    config["seed"],
+                    config["train"]["epochs"],
+                    json.dumps(config),
+                ),
+            )
+
+    def has_run(self, run_id: str) -> bool:
+        with self._connect() as db:
+            return db.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone() is not None
+
+    def finish_run(self, run_id: str, status: str, summary: Mapping[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET status=?, summary=?, updated_at=? WHERE run_id=?",
+                (status, json.dumps(summary), _now(), run_id),
+            )
+
+    def set_model_shape(self, run_id: str, width: int | None, depth: int | None) -> None:
+        """Record the width and depth actually built (family defaults resolved)."""
+        with self._connect() as db:
+            db.execute("UPDATE runs SET width=?, depth=? WHERE run_id=?", (width, depth, run_id))
+
+    def runs(self) -> list[RunRecord]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs ORDER BY created_at, run_id").fetchall()
+        return [_record(row) for row in rows]
+
+    def run(self, ref: str) -> RunRecord:
+        """A run by id, unique id prefix, or run directory."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM runs WHERE run_id = ? OR run_dir = ? OR run_dir = ?",
+                (ref, ref, str(Path(ref).resolve())),
+            ).fetchall()
+            if not rows:
+                rows = db.execute(
+                    "SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\'", (_like_prefix(ref),)
+                ).fetchall()
+        if len(rows) == 1:
+            return _record(rows[0])
+        if not rows:
+            raise RunError(f"run {ref!r}: no such run in {str(self.path)!r} (see `robustlab runs`)")
+        raise RunError(
+            f"run {ref!r}: ambiguous prefix, matches {', '.join(r['run_id'] for r in rows)}"
+        )
+
+    # -- epochs -----------------------------------------------------------------------------
+
+    def record_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO epochs (run_id, epoch, metrics) VALUES (?, ?, ?)",
+                (run_id, epoch, json.dumps(metrics)),
+            )
+            db.execute("UPDATE runs SET updated_at=? WHERE run_id=?", (_now(), run_id))
+
+    def replace_epochs(self, run_id: str, history: list[Mapping[str, Any]]) -> None:
+        """Make the run's epochs exactly ``history`` (used on resume, in one transaction)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM epochs WHERE run_id=?", (run_id,))
+            db.executemany(
+                "INSERT INTO epochs (run_id, epoch, metrics) VALUES (?, ?, ?)",
+                [(run_id, m["epoch"], json.dumps(m)) for m in history],
+            )
+
+    def epochs(self, run_id: str) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT metrics FROM epochs WHERE run_id=? ORDER BY epoch", (run_id,)
+            ).fetchall()
+        return [json.loads(row["metrics"]) for row in rows]
+
+    # -- evaluations ------------------------------------------------------------------------
+
+    def add_evaluation(
+        self,
+        run_id: str | None,
+        source: str,
+        attack: str,
+        norm: str,
+        eps: float,
+        summary: Mapping[str, Any],
+    ) -> int:
+        """Store one evaluation; ``summary`` holds the metrics (extra keys go to ``details``)."""
+        core = ("natural_accuracy", "robust_accuracy", "perturbation_stability", "n", "seconds")
+        details = {k: v for k, v in summary.items() if k not in core}
+        with self._connect() as db:
+            cursor = db.execute(
+                """INSERT INTO evaluations (run_id, created_at, source, attack, norm, eps, n, natural_accuracy,
+                       robust_accuracy, perturbation_stability, seconds, details)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    run_id,
+                    _now(),
+                    source,
+                    attack,
+                    norm,
+                    eps,
+                    summary["n"],
+                    summary["natural_accuracy"],
+                    summary["robust_accuracy"],
+                    summary["perturbation_stability"],
+                    summary["seconds"],
+                    json.dumps(details),
+                ),
+            )
+            return int(cursor.lastrowid)
+
+    def evaluations(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            if run_id is None:
+                rows = db.execute("SELECT * FROM evaluations ORDER BY eval_id").fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT * FROM evaluations WHERE run_id=? ORDER BY eval_id", (run_id,)
+                ).fetchall()
+        out = []
+        for row in rows:
+            record = dict(row)
+            record["details"] = json.loads(record["details"])
+            out.append(record)
+        return out
+
+
+def _like_prefix(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def _record(row: sqlite3.Row) -> RunRecord:
+    data = dict(row)
+    data["config"] = json.loads(data["config"])
+    data["summary"] = json.loads(data["summary"])
+    return RunRecord(**data)
