@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -37,3 +38,28 @@ def check_options(
             if guess:
                 allowed += f" (did you mean {guess!r}?)"
             raise ConfigError(f"{key_prefix}.{key}", value, allowed)
+        expected = _declared_scalar_type(factory, key)
+        if expected is not None and not _is_instance(value, expected):
+            raise ConfigError(f"{key_prefix}.{key}", value, f"expected {_TYPE_WORDS[expected]}")
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _declared_scalar_type(factory: Callable[..., Any], name: str) -> type | None:
+    """The parameter's annotation when it is a plain bool/int/float/str, else None (unchecked)."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        hints = typing.get_type_hints(target)
+    except (NameError, TypeError):
+        return None
+    hint = hints.get(name)
+    return hint if hint in _TYPE_WORDS else None
+
+
+def _is_instance(value: Any, expected: type) -> bool:
+    if expected is float:  # an integer is a fine float; a bool is not a number here
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -117,7 +118,7 @@ class MethodConfig:
 @dataclass
 class AttackConfig:
     norm: str = key("Linf", "threat model of the training attack", choices=NORMS)
-    eps: float = key(0.1, "training attack budget (fractions such as 8/255 allowed)", NON_NEGATIVE)
+    eps: float = key(0.2, "training attack budget (fractions such as 8/255 allowed)", NON_NEGATIVE)
     alpha: float | None = key(
         None, "PGD step size (unset: 2.5 * eps / steps, Madry et al.)", POSITIVE
     )
@@ -138,7 +139,7 @@ class EvalConfig:
     restarts: int = key(1, "evaluation PGD random restarts (per-example worst case kept)", POSITIVE)
     n: int | None = key(None, "test points evaluated each epoch (unset: all)", POSITIVE)
     n_train: int = key(
-        1000,
+        500,
         "training points evaluated each epoch for train_nat_acc/train_rob_acc (0: skip)",
         NON_NEGATIVE,
     )
@@ -154,14 +155,14 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     epochs: int = key(30, "training epochs", POSITIVE)
-    batch_size: int = key(128, "training batch size", POSITIVE)
+    batch_size: int = key(64, "training batch size", POSITIVE)
     optimizer: str = key("sgd", "optimizer", choices="optimizers")
-    lr: float = key(0.1, "peak learning rate", POSITIVE)
+    lr: float = key(0.05, "peak learning rate", POSITIVE)
     momentum: float = key(0.9, "SGD momentum", MOMENTUM)
     nesterov: bool = key(False, "Nesterov momentum")
     weight_decay: float = key(5e-4, "L2 weight decay", NON_NEGATIVE)
     schedule: str = key(
-        "piecewise", "learning-rate schedule, stepped per iteration", choices="schedules"
+        "cosine", "learning-rate schedule, stepped per iteration", choices="schedules"
     )
     milestones: list[float] | None = key(
         None,
@@ -321,11 +322,13 @@ def _unknown_key_hint(name: str, cls: type, prefix: str) -> str:
     guess = did_you_mean(name, local)
     if guess:
         return f"unknown key; did you mean {prefix + guess!r}?"
-    leaves = all_keys()
-    by_leaf = {dotted.rsplit(".", 1)[-1]: dotted for dotted in leaves}
+    # A leaf name can live in several tables (attack.eps and eval.eps): suggest all of them.
+    by_leaf: dict[str, list[str]] = {}
+    for dotted in all_keys():
+        by_leaf.setdefault(dotted.rsplit(".", 1)[-1], []).append(dotted)
     guess = did_you_mean(name, by_leaf)
     if guess:
-        return f"unknown key; did you mean {by_leaf[guess]!r}?"
+        return f"unknown key; did you mean {' or '.join(map(repr, by_leaf[guess]))}?"
     return f"unknown key; valid keys here: {_keys_of(cls, prefix.rstrip('.'))}"
 
 
@@ -337,7 +340,7 @@ def _keys_of(cls: type, dotted: str) -> str:
 def coerce(dotted: str, annotation: Any, value: Any) -> Any:
     """Convert a TOML or ``--set`` value to the key's declared type, or raise :class:`ConfigError`."""
     raw = value.raw if isinstance(value, _Raw) else None
-    plain = value.value if isinstance(value, _Raw) else value
+    plain = _typed(value)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -360,24 +363,42 @@ def coerce(dotted: str, annotation: Any, value: Any) -> Any:
         return _to_float(dotted, plain, raw)
     if annotation is str:
         if raw is not None:
-            return raw  # --set model.name=wrn arrives as text whatever TOML makes of it
+            # --set model.name=wrn arrives as text whatever TOML makes of it (tag=123 is "123"),
+            # but a quoted TOML string (tag="a b", as describe_keys shows defaults) loses its quotes.
+            return plain if isinstance(plain, str) else raw
         if isinstance(plain, str):
             return plain
         raise ConfigError(dotted, plain, "expected a string")
     if origin is list:
         (item,) = typing.get_args(annotation)
         if isinstance(plain, str) and raw is not None:
-            plain = [part for part in plain.split(",") if part.strip()]
+            # not a TOML array ("75,90", or "[10, 8/255]" holding a fraction): split the text
+            items = plain.strip().removeprefix("[").removesuffix("]")
+            plain = [part for part in items.split(",") if part.strip()]
         if not isinstance(plain, list):
             raise ConfigError(dotted, _show(plain, raw), "expected a list, e.g. [75, 90]")
         return [coerce(f"{dotted}[{i}]", item, v) for i, v in enumerate(plain)]
     if origin is dict:
         if not isinstance(plain, Mapping):
             raise ConfigError(dotted, _show(plain, raw), "expected a table of options")
-        return {k: (v.value if isinstance(v, _Raw) else v) for k, v in plain.items()}
+        for name, item in plain.items():
+            if isinstance(item, Mapping):  # options are flat: a nested table could not be saved
+                raise ConfigError(
+                    f"{dotted}.{name}", item, "expected a number, string, boolean or list"
+                )
+        return dict(plain)
     raise TypeError(
         f"unsupported config annotation {annotation!r} for {dotted}"
     )  # programming error
+
+
+def _typed(value: Any) -> Any:
+    """``value`` with every ``--set`` wrapper, however deep (``model.options.a.b=1``), unwrapped."""
+    if isinstance(value, _Raw):
+        return value.value
+    if isinstance(value, Mapping):
+        return {k: _typed(v) for k, v in value.items()}
+    return value
 
 
 def _show(plain: Any, raw: str | None) -> Any:
@@ -525,12 +546,24 @@ def resolve(config: RunConfig) -> RunConfig:
     train = config.train
     if train.milestones is None:
         train = dataclasses.replace(train, milestones=[0.5 * train.epochs, 0.75 * train.epochs])
+    model = config.model
+    if model.name in _registry_names("models"):
+        from .models import family_spec
+
+        spec = family_spec(model.name)
+        model = dataclasses.replace(
+            model,
+            width=spec.default_width if model.width is None else model.width,
+            depth=spec.default_depth if model.depth is None else model.depth,
+        )
     method = config.method
     if method.lam is None:
         from .training import method_default_lam
 
         method = dataclasses.replace(method, lam=method_default_lam(method.name))
-    return dataclasses.replace(config, attack=attack, eval=evaluation, train=train, method=method)
+    return dataclasses.replace(
+        config, model=model, attack=attack, eval=evaluation, train=train, method=method
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,6 +594,9 @@ def to_toml(config: RunConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+_TOML_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -568,6 +604,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        # TOML basic strings cannot hold raw control characters (a tag with a newline).
+        escaped = _TOML_CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", escaped)
         return f'"{escaped}"'
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"

@@ -109,6 +109,12 @@ class RunDirectory:
     def run_id(self) -> str:
         return str(self.read_info()["run_id"])
 
+    def remove_partial_writes(self) -> None:
+        """Delete temp files a killed process left mid-write (the renamed files are intact)."""
+        for directory in (self.path, self.path / "checkpoints"):
+            for leftover in directory.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
+
     def append_metrics(self, metrics: dict[str, Any]) -> None:
         append_line(self.metrics_file, json.dumps(metrics))
 

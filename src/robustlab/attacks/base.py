@@ -91,7 +91,8 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise AttackInputError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
     low, high = torch.aminmax(x)
-    if low < 0 or high > 1:  # one sync; attacks are defined on the image box only
+    # One sync; attacks are defined on the image box only. Written so that NaN fails too.
+    if not (low >= 0 and high <= 1):
         raise AttackInputError(
             f"images must lie in [0, 1], got values in [{low.item():.4g}, {high.item():.4g}]"
         )

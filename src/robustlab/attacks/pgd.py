@@ -77,7 +77,7 @@ class PGD(Attack):
                 now_fooled = logits.argmax(1) != y
             # A point already fooled keeps its example; otherwise fooling beats a higher loss.
             take = ~fooled & (now_fooled | (loss > best_loss))
-            best = torch.where(take[:, None, None, None], x_adv, best)
+            best = torch.where(take.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
             best_loss = torch.where(take, loss, best_loss)
             fooled |= now_fooled
         return best

@@ -114,7 +114,8 @@ def evaluate_robustness(
             "eval.stability_labels", stability_labels, f"one of {', '.join(STABILITY_LABELS)}"
         )
     start = time.perf_counter()
-    correct, stable, robust, norms = [], [], [], []
+    empty = torch.zeros(0, dtype=torch.bool, device=labels.device)
+    correct, stable, robust, norms = [empty], [empty], [empty], [empty.float()]
     with model_mode(model, "eval"):
         for begin in range(0, len(labels), batch_size):
             x = images[begin : begin + batch_size]

@@ -225,6 +225,7 @@ def fit(
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     start_epoch, step = 0, 0
+    run.remove_partial_writes()
     if resume and run.last_checkpoint.exists():
         state = load_checkpoint(run.last_checkpoint, map_location=exp.device)
         exp.model.load_state_dict(state["model"])

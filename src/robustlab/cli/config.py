@@ -1,0 +1,45 @@
+"""``robustlab config [CONFIG.toml] [--set KEY=VALUE ...]``: the resolved config, or the key table."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import build_config, describe_keys, to_toml
+from ._common import register_command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="TOML config file")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one key (repeatable)",
+    )
+    parser.add_argument(
+        "--keys",
+        action="store_true",
+        help="print every key with its default and meaning (Markdown)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.keys:
+        print(keys_table())
+        return 0
+    print(to_toml(build_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def keys_table() -> str:
+    """The Markdown table of every config key, as in the README."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{key}` | `{default}` | {doc} |" for key, default, doc in describe_keys()]
+    return "\n".join(rows)
+
+
+register_command(
+    "config", "validate a config and print it resolved (or --keys: every key)", add_arguments, run
+)
