@@ -6,6 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCHATTACKS_SPEC ?= torchattacks==3.5.1
 BIN := $(VENV)/bin
+LINT_PATHS := src tests $(wildcard benchmarks/*.py)
 # glibc otherwise returns large activation buffers to the OS every step (2x slower on CPU).
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
@@ -33,12 +34,12 @@ demo: $(VENV)/.core-stamp
 	$(BIN)/robustlab demo
 
 lint: $(VENV)/.test-stamp
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 format: $(VENV)/.test-stamp
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format $(LINT_PATHS)
+	$(BIN)/ruff check --fix $(LINT_PATHS)
 
 test: lint
 	$(BIN)/python -m pytest -q
