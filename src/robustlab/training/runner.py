@@ -99,6 +99,8 @@ def build_model(spec: dict[str, Any]) -> NormalizedModel:
 
 
 def training_attack(config: RunConfig) -> Attack:
+    """The PGD of ``attack.*``. Batches come from the loader, already in [0, 1] with valid
+    labels, so the per-call input check (a host-device sync) is skipped in the training step."""
     a = config.attack
     return create_attack(
         "pgd",
@@ -109,6 +111,7 @@ def training_attack(config: RunConfig) -> Attack:
         random_start=a.random_start,
         loss=a.loss,
         model_mode=a.bn_mode,
+        check_inputs=False,
     )
 
 
