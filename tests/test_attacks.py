@@ -207,10 +207,21 @@ def test_mode_restored_when_the_attack_fails(name: str, state: str) -> None:
     _set_state(net, state)
     before = _snapshot(net)
     x, y = _batch()
-    y[0] = 10  # passes the input checks (the attack cannot know the class count); the loss fails
-    with pytest.raises(IndexError):
+    y[0] = 10  # caught at the model's first output, mid-attack
+    with pytest.raises(AttackInputError, match="labels must be < 10"):
         create_attack(name, eps=0.1)(net, x, y)
     _assert_model_untouched(net, before)
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_a_model_returning_the_wrong_shape_is_rejected(name: str) -> None:
+    x, y = _batch()
+    flat = torch.nn.Flatten()  # returns (B, C*H*W) images, not logits... of the right batch
+    squeezed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), 10), torch.nn.Flatten(0))
+    with pytest.raises(AttackInputError, match="logits of shape"):
+        create_attack(name, eps=0.1)(squeezed, x, y)
+    with pytest.raises(AttackInputError, match="labels must be <"):
+        create_attack(name, eps=0.1)(torch.nn.Sequential(flat, torch.nn.Linear(x[0].numel(), 2)), x, y)
 
 
 @pytest.mark.parametrize("name", ATTACK_NAMES)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import fgsm, pgd  # noqa: F401  (registration)
+from . import apgd, apgd_t, fab, fgsm, pgd, square  # noqa: F401  (registration)
 from .base import ATTACKS, Attack, input_gradient, model_mode
 from .functional import LOSSES, THREAT_MODELS, ThreatModel, clip_to_ball, threat_model
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,10 +68,15 @@ class Attack(ABC):
         self.check_inputs = check_inputs
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Adversarial examples for ``(x, y)``: same shape as ``x``, within the ball, in [0, 1]."""
+        """Adversarial examples for ``(x, y)``: same shape as ``x``, within the ball, in [0, 1].
+
+        After the call, :attr:`info` holds what the attack reports besides ``x_adv`` (e.g.
+        ``"queries"``, the per-example query counts of a black-box attack).
+        """
+        self.info: dict[str, Any] = {}
         if self.check_inputs:
             _check_inputs(x, y)
-        with model_mode(model, self.model_mode):
+        with model_mode(model, self.model_mode), _validate_first_output(model, x, y, self.check_inputs):
             x_adv = self.perturb(model, x.detach(), y.detach())
         return x_adv.detach()
 
@@ -96,8 +102,45 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
         raise AttackInputError(
             f"images must lie in [0, 1], got values in [{low.item():.4g}, {high.item():.4g}]"
         )
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise AttackInputError(f"labels must be integers, got dtype {y.dtype}")
     if y.numel() and y.min() < 0:
         raise AttackInputError(f"labels must be >= 0, got {y.min().item()}")
+
+
+@contextmanager
+def _validate_first_output(model: nn.Module, x: torch.Tensor, y: torch.Tensor, enabled: bool) -> Iterator[None]:
+    """Check the model's first output during the attack: logits of shape (B, classes), labels < classes.
+
+    A one-shot forward hook rather than an extra forward pass, so the check costs nothing.
+    """
+    if not enabled:
+        yield
+        return
+
+    def check(module: nn.Module, args: Any, output: Any) -> None:
+        handle.remove()
+        validate_logits(output, x.shape[0], y)
+
+    handle = model.register_forward_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def validate_logits(logits: Any, batch: int, y: torch.Tensor | None = None) -> int:
+    """Raise :class:`AttackInputError` unless ``logits`` is (batch, classes) and labels are in range.
+
+    Returns the number of classes.
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise AttackInputError(f"the model must return logits of shape ({batch}, classes), got {shape}")
+    classes = logits.shape[1]
+    if y is not None and y.numel() and int(y.max()) >= classes:
+        raise AttackInputError(f"labels must be < {classes} (the model's number of outputs), got {int(y.max())}")
+    return classes
 
 
 def input_gradient(
@@ -105,14 +148,26 @@ def input_gradient(
     x_adv: torch.Tensor,
     y: torch.Tensor,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of ``sum(loss_fn(model(x_adv), y))`` with respect to ``x_adv``, and the logits.
+    eot_iter: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient of ``sum(loss_fn(model(x_adv), y))`` with respect to ``x_adv``, the logits and the
+    per-example loss.
 
+    With ``eot_iter > 1`` (Expectation over Transformation, Athalye et al. 2018) the gradient,
+    logits and loss are averaged over that many forward/backward passes, for randomized models.
     Only the input's gradient is computed: autograd skips the weight gradients, and parameters'
     ``.grad`` stay as they were.
     """
     x_adv = x_adv.detach().requires_grad_(True)
-    logits = model(x_adv)
-    loss = loss_fn(logits, y).sum()
-    (grad,) = torch.autograd.grad(loss, x_adv)
-    return grad, logits.detach()
+    grad = logits_sum = loss_sum = None
+    for _ in range(eot_iter):
+        logits = model(x_adv)
+        loss = loss_fn(logits, y)
+        (g,) = torch.autograd.grad(loss.sum(), x_adv)
+        if grad is None:
+            grad, logits_sum, loss_sum = g, logits.detach(), loss.detach()
+        else:
+            grad, logits_sum, loss_sum = grad + g, logits_sum + logits.detach(), loss_sum + loss.detach()
+    if eot_iter > 1:
+        grad, logits_sum, loss_sum = grad / eot_iter, logits_sum / eot_iter, loss_sum / eot_iter
+    return grad, logits_sum, loss_sum

@@ -44,5 +44,5 @@ class FGSM(Attack):
         self.loss_fn = LOSSES.get(loss)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        grad, _ = input_gradient(model, x, y, self.loss_fn)
+        grad, _, _ = input_gradient(model, x, y, self.loss_fn)
         return clip_to_ball(x + self.ball.step(grad, self.eps), x, self.eps, self.ball)

@@ -14,7 +14,10 @@ import torch.nn.functional as F
 from ..registry import Registry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TargetedLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES: Registry[LossFn] = Registry("attack loss", "attack.loss")
+# Targeted losses f(logits, labels, targets), maximized to move points towards their targets.
+TARGETED_LOSSES: Registry[TargetedLossFn] = Registry("targeted attack loss", "loss")
 THREAT_MODELS: Registry[Callable[[], ThreatModel]] = Registry("norm", "attack.norm")
 
 
@@ -34,6 +37,44 @@ def cw_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     true = logits.gather(1, labels[:, None]).squeeze(1)
     others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
     return others.amax(dim=1) - true
+
+
+@LOSSES.register("dlr")
+def dlr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Difference of Logits Ratio (Croce & Hein 2020, "Reliable evaluation of adversarial
+    robustness with an ensemble of diverse parameter-free attacks", eq. 5):
+    ``-(z_y - max_{i != y} z_i) / (z_π1 - z_π3)``, with z sorted decreasingly (π). Invariant to
+    shifting and rescaling the logits, so it is robust to the logit scaling that fools CE.
+    Needs at least 3 classes.
+    """
+    ordered, _ = logits.sort(dim=1, descending=True)
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    top_is_true = logits.argmax(dim=1) == labels
+    best_other = torch.where(top_is_true, ordered[:, 1], ordered[:, 0])
+    return -(true - best_other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+
+
+@TARGETED_LOSSES.register("dlr")
+def dlr_targeted(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR (Croce & Hein 2020, eq. 6): ``-(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2)``.
+    Needs at least 4 classes.
+    """
+    ordered, _ = logits.sort(dim=1, descending=True)
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    target = logits.gather(1, targets[:, None]).squeeze(1)
+    return -(true - target) / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
+
+
+@TARGETED_LOSSES.register("ce")
+def cross_entropy_targeted(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Negative cross-entropy of the target class: maximizing it raises the target's probability."""
+    return -F.cross_entropy(logits, targets, reduction="none")
+
+
+@TARGETED_LOSSES.register("cw")
+def cw_margin_targeted(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``z_t - max_{j != t} z_j``: positive once the target class wins."""
+    return -cw_margin(logits, targets)
 
 
 # ---------------------------------------------------------------------------------------------

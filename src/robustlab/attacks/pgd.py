@@ -88,6 +88,6 @@ class PGD(Attack):
         if self.random_start:
             x_adv = clip_to_ball(x + self.ball.random_init(x, self.eps), x, self.eps, self.ball)
         for _ in range(self.steps):
-            grad, _ = input_gradient(model, x_adv, y, self.loss_fn)
+            grad, _, _ = input_gradient(model, x_adv, y, self.loss_fn)
             x_adv = clip_to_ball(x_adv + self.ball.step(grad, self.alpha), x, self.eps, self.ball)
         return x_adv
