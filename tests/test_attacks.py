@@ -217,11 +217,15 @@ def test_mode_restored_when_the_attack_fails(name: str, state: str) -> None:
 def test_a_model_returning_the_wrong_shape_is_rejected(name: str) -> None:
     x, y = _batch()
     flat = torch.nn.Flatten()  # returns (B, C*H*W) images, not logits... of the right batch
-    squeezed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), 10), torch.nn.Flatten(0))
+    squeezed = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), 10), torch.nn.Flatten(0)
+    )
     with pytest.raises(AttackInputError, match="logits of shape"):
         create_attack(name, eps=0.1)(squeezed, x, y)
     with pytest.raises(AttackInputError, match="labels must be <"):
-        create_attack(name, eps=0.1)(torch.nn.Sequential(flat, torch.nn.Linear(x[0].numel(), 2)), x, y)
+        create_attack(name, eps=0.1)(
+            torch.nn.Sequential(flat, torch.nn.Linear(x[0].numel(), 2)), x, y
+        )
 
 
 @pytest.mark.parametrize("name", ATTACK_NAMES)
@@ -634,7 +638,9 @@ class _ScriptedPGD(PGD):
         super().__init__(eps=1.0, restarts=len(candidates), random_start=False)
         self.candidates = iter(candidates)
 
-    def _ascend(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _ascend(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any
+    ) -> torch.Tensor:
         return next(self.candidates)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import apgd, apgd_t, fab, fgsm, pgd, square  # noqa: F401  (registration)
+from . import apgd, apgd_t, autoattack, fab, fgsm, pgd, square  # noqa: F401  (registration)
 from .base import ATTACKS, Attack, input_gradient, model_mode
 from .functional import LOSSES, THREAT_MODELS, ThreatModel, clip_to_ball, threat_model
 
@@ -43,4 +43,6 @@ def create_attack(name: str, **kwargs: Any) -> Attack:
 
     factory = ATTACKS.get(name)
     check_options(name, factory, kwargs, key_prefix=f"attack[{name}]")
-    return factory(**kwargs)
+    attack = factory(**kwargs)
+    attack.name = name
+    return attack

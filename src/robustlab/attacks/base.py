@@ -52,9 +52,14 @@ class Attack(ABC):
         check_inputs: verify images are in [0, 1] and labels in range (one host sync per call).
     """
 
+    #: The registry name (set by :func:`create_attack`; the class name for direct construction).
+    name: str = ""
+
     def __init__(
         self, eps: float, norm: str = "Linf", model_mode: str = "eval", check_inputs: bool = True
     ) -> None:
+        self.name = self.name or type(self).__name__.lower()
+        self.info: dict[str, Any] = {}
         if eps < 0:
             raise ConfigError("eps", eps, "must be >= 0")
         if norm not in THREAT_MODELS:
@@ -76,7 +81,10 @@ class Attack(ABC):
         self.info: dict[str, Any] = {}
         if self.check_inputs:
             _check_inputs(x, y)
-        with model_mode(model, self.model_mode), _validate_first_output(model, x, y, self.check_inputs):
+        with (
+            model_mode(model, self.model_mode),
+            _validate_first_output(model, x, y, self.check_inputs),
+        ):
             x_adv = self.perturb(model, x.detach(), y.detach())
         return x_adv.detach()
 
@@ -86,7 +94,9 @@ class Attack(ABC):
 
     def __repr__(self) -> str:
         fields = ", ".join(
-            f"{k}={v!r}" for k, v in vars(self).items() if not callable(v) and k != "ball"
+            f"{k}={v!r}"
+            for k, v in vars(self).items()
+            if not callable(v) and k not in ("ball", "info", "name")
         )
         return f"{type(self).__name__}({fields})"
 
@@ -109,7 +119,9 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 @contextmanager
-def _validate_first_output(model: nn.Module, x: torch.Tensor, y: torch.Tensor, enabled: bool) -> Iterator[None]:
+def _validate_first_output(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, enabled: bool
+) -> Iterator[None]:
     """Check the model's first output during the attack: logits of shape (B, classes), labels < classes.
 
     A one-shot forward hook rather than an extra forward pass, so the check costs nothing.
@@ -136,10 +148,14 @@ def validate_logits(logits: Any, batch: int, y: torch.Tensor | None = None) -> i
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise AttackInputError(f"the model must return logits of shape ({batch}, classes), got {shape}")
+        raise AttackInputError(
+            f"the model must return logits of shape ({batch}, classes), got {shape}"
+        )
     classes = logits.shape[1]
     if y is not None and y.numel() and int(y.max()) >= classes:
-        raise AttackInputError(f"labels must be < {classes} (the model's number of outputs), got {int(y.max())}")
+        raise AttackInputError(
+            f"labels must be < {classes} (the model's number of outputs), got {int(y.max())}"
+        )
     return classes
 
 
@@ -167,7 +183,11 @@ def input_gradient(
         if grad is None:
             grad, logits_sum, loss_sum = g, logits.detach(), loss.detach()
         else:
-            grad, logits_sum, loss_sum = grad + g, logits_sum + logits.detach(), loss_sum + loss.detach()
+            grad, logits_sum, loss_sum = (
+                grad + g,
+                logits_sum + logits.detach(),
+                loss_sum + loss.detach(),
+            )
     if eot_iter > 1:
         grad, logits_sum, loss_sum = grad / eot_iter, logits_sum / eot_iter, loss_sum / eot_iter
     return grad, logits_sum, loss_sum

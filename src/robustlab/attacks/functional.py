@@ -66,15 +66,48 @@ def dlr_targeted(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tens
 
 
 @TARGETED_LOSSES.register("ce")
-def cross_entropy_targeted(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def cross_entropy_targeted(
+    logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """Negative cross-entropy of the target class: maximizing it raises the target's probability."""
     return -F.cross_entropy(logits, targets, reduction="none")
 
 
 @TARGETED_LOSSES.register("cw")
-def cw_margin_targeted(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def cw_margin_targeted(
+    logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """``z_t - max_{j != t} z_j``: positive once the target class wins."""
     return -cw_margin(logits, targets)
+
+
+# ---------------------------------------------------------------------------------------------
+# Target selection for targeted attacks: f(clean logits, labels) -> target classes (never y).
+
+TARGET_SELECTIONS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry(
+    "target selection", "target"
+)
+
+
+@TARGET_SELECTIONS.register("random")
+def random_target(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A class drawn uniformly among the classes other than the label."""
+    shift = torch.randint(1, logits.shape[1], labels.shape, device=labels.device)
+    return (labels + shift) % logits.shape[1]
+
+
+@TARGET_SELECTIONS.register("least_likely")
+def least_likely_target(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The class with the lowest clean logit (Kurakin et al. 2017)."""
+    return logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("inf")).argmin(dim=1)
+
+
+@TARGET_SELECTIONS.register("most_likely")
+def most_likely_target(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The most likely class other than the label (the easiest target)."""
+    return logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).argmax(
+        dim=1
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import ATTACKS, Attack, input_gradient
-from .functional import LOSSES, clip_to_ball
+from .functional import LOSSES, TARGET_SELECTIONS, TARGETED_LOSSES, clip_to_ball
 
 
 @ATTACKS.register("pgd")
@@ -27,7 +27,12 @@ class PGD(Attack):
         random_start: start from a uniform random point of the ball (default True).
         restarts: independent runs; per example, the first run that changes the prediction is
             kept, else the one with the highest loss (default 1).
-        loss: a registered attack loss: ``"ce"`` (default) or ``"cw"`` (margin).
+        loss: a registered attack loss: ``"ce"`` (default), ``"cw"`` (margin) or ``"dlr"``
+            (Croce & Hein 2020, eq. 5; targeted: eq. 6).
+        targeted: move each point towards a target class instead of away from its label; a
+            point counts as fooled when it is classified as its target (default False).
+        target: how targets are chosen from the clean logits: ``"random"`` (default),
+            ``"least_likely"`` or ``"most_likely"`` (the most likely wrong class).
         model_mode: ``"eval"`` (default) or ``"train"``.
 
     Shapes: ``x`` B x C x H x W in [0, 1], ``y`` B (int64) -> ``x_adv`` like ``x``.
@@ -46,6 +51,8 @@ class PGD(Attack):
         random_start: bool = True,
         restarts: int = 1,
         loss: str = "ce",
+        targeted: bool = False,
+        target: str = "random",
         model_mode: str = "eval",
         check_inputs: bool = True,
     ) -> None:
@@ -61,20 +68,36 @@ class PGD(Attack):
         self.random_start = random_start
         self.restarts = int(restarts)
         self.loss = loss
-        self.loss_fn = LOSSES.get(loss)
+        self.targeted = targeted
+        self.target = target
+        self.select_target = TARGET_SELECTIONS.get(target)
+        self.loss_fn = TARGETED_LOSSES.get(loss) if targeted else LOSSES.get(loss)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss_fn, succeeded = self.loss_fn, None
+        if self.targeted:
+            with torch.no_grad():
+                targets = self.select_target(model(x), y)
+            self.info["targets"] = targets
+
+            def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+                return self.loss_fn(logits, labels, targets)
+
+            def succeeded(logits: torch.Tensor) -> torch.Tensor:
+                return logits.argmax(1) == targets
+
         if self.restarts == 1:
-            return self._ascend(model, x, y)
+            return self._ascend(model, x, y, loss_fn)
+        succeeded = succeeded or (lambda logits: logits.argmax(1) != y)
         best = x.clone()
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(self.restarts):
-            x_adv = self._ascend(model, x, y)
+            x_adv = self._ascend(model, x, y, loss_fn)
             with torch.no_grad():
                 logits = model(x_adv)
-                loss = self.loss_fn(logits, y)
-                now_fooled = logits.argmax(1) != y
+                loss = loss_fn(logits, y)
+                now_fooled = succeeded(logits)
             # A point already fooled keeps its example; otherwise fooling beats a higher loss.
             take = ~fooled & (now_fooled | (loss > best_loss))
             best = torch.where(take.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
@@ -82,12 +105,12 @@ class PGD(Attack):
             fooled |= now_fooled
         return best
 
-    def _ascend(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One run of projected gradient ascent."""
+    def _ascend(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> torch.Tensor:
+        """One run of projected gradient ascent on ``loss_fn``."""
         x_adv = x
         if self.random_start:
             x_adv = clip_to_ball(x + self.ball.random_init(x, self.eps), x, self.eps, self.ball)
         for _ in range(self.steps):
-            grad, _, _ = input_gradient(model, x_adv, y, self.loss_fn)
+            grad, _, _ = input_gradient(model, x_adv, y, loss_fn)
             x_adv = clip_to_ball(x_adv + self.ball.step(grad, self.alpha), x, self.eps, self.ball)
         return x_adv

@@ -19,7 +19,8 @@ from ..rundir import RunDirectory, new_run_id
 from ..store import ResultsStore
 from ..training.runner import fit, prepare
 from ._common import add_store_argument, emit_json, info, register_command
-from .eval import evaluate_run
+from ._sources import load_model
+from .eval import evaluate_model
 
 # The demo is the default configuration (an MLP of width 256 on the 8x8 digits, Linf eps = 0.2,
 # about three grey levels of the data, whose quantum is 1/16), trained once per method: there
@@ -85,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
             steps=FINAL_ATTACK["steps"],
             restarts=FINAL_ATTACK["restarts"],
         )
-        summary, _ = evaluate_run(run_dir, {"pgd": attack}, store_path=args.store)
+        loaded = load_model(str(run_dir.path), "last", experiment.device)
+        summary, _ = evaluate_model(
+            loaded, {"pgd": attack}, device=experiment.device, store_path=args.store
+        )
         rows.append({"method": method, "run_id": run_id, "train_seconds": train_seconds, **summary})
     config = configs[METHODS[0]]
     if args.json:

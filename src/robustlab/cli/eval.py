@@ -1,88 +1,105 @@
-"""``robustlab eval RUN_DIR [--attack pgd] [--eps 8/255] [--steps 20] [--n N] [--json]``"""
+"""``robustlab eval MODEL [--attack NAME[,NAME...]] [--eps 8/255] [--norm Linf] [--n N] [--json]``
+
+MODEL is a run directory, a robustlab checkpoint, a TorchScript file, or ``module:function``
+returning a ``torch.nn.Module``. Several attacks (or ``autoattack``) run as a worst-case cascade.
+"""
 
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .._fraction import parse_number
+from .._io import atomic_write_bytes
 from .._options import accepted_options
 from ..attacks import ATTACKS, Attack, create_attack
-from ..config import NORMS, RunConfig, default_alpha
+from ..config import NORMS, build_config, default_alpha
 from ..errors import ConfigError
-from ..evaluation import STABILITY_LABELS, RobustnessResult, evaluate_robustness
+from ..evaluation import STABILITY_LABELS, RobustnessResult, evaluate_robustness, expand_attacks
+from ..evaluation.checks import (
+    check_black_box_gap,
+    check_train_mode,
+    flags_as_dicts,
+    run_pre_checks,
+)
 from ..progress import Progress
 from ..report import render_table
-from ..rundir import RunDirectory
 from ..store import ResultsStore
 from ..training.checkpoint import seed_everything
-from ..training.runner import load_data, load_trained_model, resolve_device
+from ..training.runner import load_data, resolve_device
 from ._common import add_store_argument, emit_json, info, register_command
+from ._sources import LoadedModel, load_model, with_normalization
+
+# Command-line options and the constructor arguments they set, by the names attacks use.
+OPTION_ALIASES = {
+    "steps": ("steps", "n_iter"),
+    "restarts": ("restarts", "n_restarts"),
+    "alpha": ("alpha",),
+    "queries": ("n_queries",),
+    "version": ("version",),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN_DIR", help="a run directory written by robustlab train")
-    parser.add_argument("--checkpoint", default="last", help="last (default) or best")
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="run directory, robustlab checkpoint, TorchScript file, or module:function",
+    )
+    parser.add_argument(
+        "--checkpoint", default="last", help="for a run directory: last (default) or best"
+    )
     parser.add_argument(
         "--attack",
         default="pgd",
-        help="attack name, or several joined by commas (worst case per point)",
+        help=f"attack, or several joined by commas, run as a worst-case cascade; one of {', '.join(ATTACKS.names())}",
     )
+    parser.add_argument("--version", help="AutoAttack version: standard (default), plus, rand")
     parser.add_argument("--eps", help="budget, e.g. 8/255 (default: the run's eval.eps)")
     parser.add_argument("--norm", help="Linf or L2 (default: the run's eval.norm)")
     parser.add_argument(
-        "--steps", type=int, help="attack iterations (default: the run's eval.steps)"
+        "--steps", type=int, help="iterations (PGD default: the run's eval.steps; APGD/FAB: 100)"
     )
-    parser.add_argument("--alpha", help="step size (default: 2.5 * eps / steps)")
-    parser.add_argument(
-        "--restarts", type=int, help="random restarts (default: the run's eval.restarts)"
-    )
+    parser.add_argument("--alpha", help="PGD step size (default: 2.5 * eps / steps)")
+    parser.add_argument("--restarts", type=int, help="random restarts")
+    parser.add_argument("--queries", type=int, help="Square's query budget (default 5000)")
     parser.add_argument("--n", type=int, help="evaluate the first N test points (default: all)")
     parser.add_argument(
         "--batch-size",
         type=int,
         default=None,
-        help="batch size (default: the run's eval.batch_size)",
+        help="batch size (default: the run's eval.batch_size, else 500)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' randomness")
     parser.add_argument(
         "--stability-labels",
         choices=STABILITY_LABELS,
         default=None,
         help="attack the predicted (default) or the true label",
     )
+    parser.add_argument("--data", help="dataset of a model from outside a run (e.g. cifar10)")
+    parser.add_argument("--data-root", help="where its official files are (default: data)")
+    parser.add_argument(
+        "--mean",
+        help="per-channel mean, e.g. 0.4914,0.4822,0.4465, for a model expecting normalized input",
+    )
+    parser.add_argument("--std", help="per-channel std, with --mean")
+    parser.add_argument(
+        "--save-adv", metavar="PATH", help="save the adversarial examples (torch.save of a dict)"
+    )
+    parser.add_argument(
+        "--state",
+        metavar="PATH",
+        help="save the cascade state there as it goes, and resume from it if it exists",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_store_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def attack_settings(args: argparse.Namespace, config: RunConfig) -> dict[str, Any]:
-    """Attack arguments: the command line's, else the run's evaluation config."""
-    eps = _number("--eps", args.eps) if args.eps is not None else config.eval.eps
-    if eps < 0:
-        raise ConfigError("--eps", args.eps, "must be >= 0")
-    norm = args.norm or config.eval.norm
-    if norm not in NORMS:
-        raise ConfigError("--norm", norm, f"one of {', '.join(NORMS)}")
-    if norm == "Linf" and eps > 1:
-        raise ConfigError("--eps", args.eps, "must be in [0, 1] for Linf on images in [0, 1]")
-    steps = args.steps if args.steps is not None else config.eval.steps
-    if steps <= 0:
-        raise ConfigError("--steps", steps, "must be > 0")
-    restarts = args.restarts if args.restarts is not None else config.eval.restarts
-    if restarts <= 0:
-        raise ConfigError("--restarts", restarts, "must be > 0")
-    if args.alpha is not None:
-        alpha = _number("--alpha", args.alpha)
-    elif eps == config.eval.eps and steps == config.eval.steps:
-        alpha = config.eval.alpha
-    else:
-        alpha = default_alpha(eps, steps)
-    return {"eps": eps, "norm": norm, "steps": steps, "alpha": alpha, "restarts": restarts}
 
 
 def _number(flag: str, text: str) -> float:
@@ -94,159 +111,244 @@ def _number(flag: str, text: str) -> float:
         ) from None
 
 
-def build_attacks(names: list[str], settings: dict[str, Any]) -> dict[str, Any]:
-    attacks = {}
+def _floats(flag: str, text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    return [_number(flag, part) for part in text.split(",") if part.strip()]
+
+
+def threat_model_settings(args: argparse.Namespace, loaded: LoadedModel) -> tuple[float, str]:
+    """The budget and norm: the command line's, else the run's evaluation config."""
+    config = loaded.config
+    if args.eps is None and config is None:
+        raise ConfigError(
+            "--eps", None, "required for a model from outside a run, e.g. --eps 8/255"
+        )
+    eps = _number("--eps", args.eps) if args.eps is not None else config.eval.eps
+    norm = args.norm or (config.eval.norm if config is not None else "Linf")
+    if eps < 0:
+        raise ConfigError("--eps", args.eps, "must be >= 0")
+    if norm not in NORMS:
+        raise ConfigError("--norm", norm, f"one of {', '.join(NORMS)}")
+    if norm == "Linf" and eps > 1:
+        raise ConfigError("--eps", args.eps, "must be in [0, 1] for Linf on images in [0, 1]")
+    return eps, norm
+
+
+def build_attacks(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, Attack]:
+    """The attacks named by ``--attack``, with the command line's settings where they apply.
+
+    PGD takes its defaults from the run's evaluation config (the per-epoch attack); every other
+    attack keeps its published defaults unless an option overrides them.
+    """
+    names = [n.strip() for n in args.attack.split(",") if n.strip()]
+    if not names:
+        raise ConfigError("--attack", args.attack, f"one or more of {', '.join(ATTACKS.names())}")
+    eps, norm = threat_model_settings(args, loaded)
+    given = {
+        option: getattr(args, option)
+        for option in OPTION_ALIASES
+        if getattr(args, option) is not None
+    }
+    for option in ("steps", "restarts", "queries"):
+        if option in given and given[option] <= 0:
+            raise ConfigError(f"--{option}", given[option], "must be > 0")
+    if "alpha" in given:
+        given["alpha"] = _number("--alpha", given["alpha"])
+    attacks: dict[str, Attack] = {}
     for name in names:
-        factory = ATTACKS.get(name)
-        accepted = set(accepted_options(factory))
-        attacks[name] = create_attack(name, **{k: v for k, v in settings.items() if k in accepted})
+        accepted = set(accepted_options(ATTACKS.get(name)))
+        kwargs: dict[str, Any] = {"eps": eps, "norm": norm}
+        for option, value in given.items():
+            targets = [a for a in OPTION_ALIASES[option] if a in accepted]
+            if not targets and len(names) == 1:
+                raise ConfigError(f"--{option}", value, f"{name} takes no such setting")
+            kwargs.update(dict.fromkeys(targets, value))
+        if name == "pgd" and loaded.config is not None:
+            kwargs = {**_run_pgd_settings(loaded, eps, kwargs), **kwargs}
+        key = name if name not in attacks else f"{name}#{len(attacks)}"
+        attacks[key] = create_attack(name, **kwargs)
     return attacks
+
+
+def _run_pgd_settings(loaded: LoadedModel, eps: float, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The run's per-epoch PGD settings for what the command line leaves unset.
+
+    The run's step size is kept only with its own budget and steps; otherwise Madry's rule.
+    """
+    ev = loaded.config.eval
+    steps = kwargs.get("steps", ev.steps)
+    alpha = ev.alpha if (eps, steps) == (ev.eps, ev.steps) else default_alpha(eps, steps)
+    return {"steps": ev.steps, "restarts": ev.restarts, "alpha": alpha}
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    for flag in ("n", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')}", value, "must be > 0")
 
 
 def run(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json
-    run_dir = RunDirectory.open(args.run)
-    config = run_dir.read_config()
-    names = [n.strip() for n in args.attack.split(",") if n.strip()]
-    if not names:
-        raise ConfigError("--attack", args.attack, f"one or more of {', '.join(ATTACKS.names())}")
-    attacks = build_attacks(names, attack_settings(args, config))
-    if args.n is not None and args.n <= 0:
-        raise ConfigError("--n", args.n, "must be > 0")
-    if args.batch_size is not None and args.batch_size <= 0:
-        raise ConfigError("--batch-size", args.batch_size, "must be > 0")
-    summary, results = evaluate_run(
-        run_dir,
-        attacks,
-        checkpoint=args.checkpoint,
-        n=args.n,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        stability_labels=args.stability_labels,
-        device=args.device,
-        store_path=args.store,
-        show_progress=not quiet,
+    _check_counts(args)
+    device = resolve_device(args.device)
+    loaded = with_normalization(
+        load_model(args.model, args.checkpoint, device),
+        _floats("--mean", args.mean),
+        _floats("--std", args.std),
     )
+    attacks = build_attacks(args, loaded)
+    summary, result = evaluate_model(
+        loaded, attacks, n=args.n, batch_size=args.batch_size, seed=args.seed, stability_labels=args.stability_labels,
+        data=args.data, data_root=args.data_root, device=device, store_path=args.store, save_adv=args.save_adv,
+        state_path=args.state, show_progress=not quiet,
+    )  # fmt: skip
     if args.json:
         emit_json(summary)
         return 0
+    for flag in summary["flags"]:
+        info(f"warning [{flag['code']}]: {flag['message']}")
     info(
-        f"run {summary['run_id']} ({args.checkpoint} checkpoint, epoch {summary['epoch']}), {summary['n']} test points"
+        f"{summary['source']}: {summary['n']} test points, {summary['norm']} eps {summary['eps']:.4g}"
     )
-    rows = [
-        [name, r.natural_accuracy, r.robust_accuracy, r.perturbation_stability, r.seconds]
-        for name, r in results.items()
-    ]
-    if len(results) > 1:
-        rows.append(
-            [
-                "worst case",
-                summary["natural_accuracy"],
-                summary["robust_accuracy"],
-                summary["perturbation_stability"],
-                summary["seconds"],
-            ]
+    print(result_table(result))
+    if "queries" in summary:
+        print(
+            f"Square queries per attacked point: mean {summary['queries']['mean']:.0f}, median {summary['queries']['median']:.0f}"
         )
-    print(
-        render_table(
-            ["attack", "natural acc", "robust acc", "stability", "seconds"],
-            rows,
-            ["auto", "pct", "pct", "pct", "auto"],
-        )
-    )
     return 0
 
 
-def evaluate_run(
-    run_dir: RunDirectory,
+def result_table(result: RobustnessResult) -> str:
+    """Natural accuracy, then robust accuracy and stability after each attack of the cascade."""
+    rows = [["(natural)", result.natural_accuracy, None, None]]
+    rows += [
+        [
+            name,
+            result.per_attack[name],
+            result.per_attack_stability[name],
+            result.attack_seconds.get(name),
+        ]
+        for name in result.per_attack
+    ]
+    rows.append(["overall", result.robust_accuracy, result.perturbation_stability, result.seconds])
+    return render_table(
+        ["attack", "robust acc", "stability", "seconds"], rows, ["auto", "pct", "pct", "auto"]
+    )
+
+
+def evaluate_model(
+    loaded: LoadedModel,
     attacks: dict[str, Attack],
     *,
-    checkpoint: str = "last",
     n: int | None = None,
     batch_size: int | None = None,
     seed: int = 0,
     stability_labels: str | None = None,
-    device: str = "auto",
+    data: str | None = None,
+    data_root: str | None = None,
+    device: torch.device | str = "cpu",
     store_path: str | Path | None = None,
+    save_adv: str | Path | None = None,
+    state_path: str | Path | None = None,
     show_progress: bool = False,
-) -> tuple[dict[str, Any], dict[str, RobustnessResult]]:
-    """Evaluate a run's checkpoint on its test set under ``attacks`` and record it in the store.
+) -> tuple[dict[str, Any], RobustnessResult]:
+    """Check, attack and record one model on its test set.
 
-    Returns the JSON summary (point-wise worst case over the attacks, plus ``per_attack``) and
-    the per-attack results.
+    Returns the JSON summary (the point-wise worst case over the attacks, ``per_attack``,
+    ``flags``...) and the full result.
     """
-    config = run_dir.read_config()
-    batch_size = batch_size or config.eval.batch_size
-    torch_device = resolve_device(device)
-    model, state = load_trained_model(run_dir, checkpoint, torch_device)
-    data = load_data(config, torch_device)
-    images, labels = data.test_x[:n], data.test_y[:n]
-    stability_labels = stability_labels or config.eval.stability_labels
-    seed_everything(seed)
-    results: dict[str, RobustnessResult] = {}
-    for name, attack in attacks.items():
-        batches = (len(labels) + batch_size - 1) // batch_size
-        with Progress(batches, f"{name:>6}", enabled=show_progress) as bar:
-            results[name] = evaluate_robustness(
-                model,
-                images,
-                labels,
-                attack,
-                batch_size=batch_size,
-                stability_labels=stability_labels,
-                progress=bar,
+    config = loaded.config
+    if data is not None or config is None:
+        if data is None:
+            raise ConfigError(
+                "--data", None, "required for a model from outside a run, e.g. --data cifar10"
             )
-    first = next(iter(attacks.values()))
-    run_id = run_dir.run_id
-    summary = {"run_id": run_id, **combine(results)}
-    summary.update(
-        {
-            "attack": ",".join(attacks),
-            "norm": first.norm,
-            "eps": first.eps,
-            "checkpoint": checkpoint,
-            "epoch": state["epoch"],
-            "stability_labels": stability_labels,
-        }
+        overrides = [
+            f"data.name={data}",
+            "data.val_size=0",
+            *([f"data.root={data_root}"] if data_root else []),
+        ]
+        config = build_config(None, overrides)
+    elif data_root is not None:
+        config = build_config(None, [f"data.root={data_root}"], base=config.to_dict())
+    batch_size = batch_size or (loaded.config.eval.batch_size if loaded.config else 500)
+    torch_device = torch.device(device)
+    dataset = load_data(config, torch_device)
+    images, labels = dataset.test_x[:n], dataset.test_y[:n]
+    stability_labels = stability_labels or (
+        loaded.config.eval.stability_labels if loaded.config else "predicted"
     )
+    model = loaded.model.to(torch_device)
+    flags = [check_train_mode(model)]
+    seed_everything(seed)
+    sample = images[: min(batch_size, 256)]
+    sample_x = sample.float().div(255) if sample.dtype == torch.uint8 else sample
+    model_was_training = [(m, m.training) for m in model.modules()]
+    model.eval()
+    flags += run_pre_checks(model, sample_x, labels[: len(sample)])
+    for module, training in model_was_training:
+        module.training = training
+    seed_everything(seed)
+    stages = expand_attacks(attacks)
+    total = sum((len(labels) + batch_size - 1) // batch_size for _ in stages)
+    with Progress(total, "attack", enabled=show_progress) as bar:
+        result = evaluate_robustness(
+            model, images, labels, stages, batch_size=batch_size, stability_labels=stability_labels,
+            progress=bar, keep_adv=save_adv is not None, state_path=state_path,
+        )  # fmt: skip
+    flags.append(check_black_box_gap(result.per_attack))
+    result.flags = flags_as_dicts(flags)
+    first = next(iter(stages.values()))
+    run_id = loaded.run_dir.run_id if loaded.run_dir is not None else None
+    summary = {"run_id": run_id, "source": loaded.source, **result.summary()}
+    summary.update({
+        "attack": ",".join(attacks), "norm": first.norm, "eps": first.eps, "epoch": loaded.epoch,
+        "stability_labels": stability_labels, "seed": seed, "data": config.data.name,
+    })  # fmt: skip
+    if save_adv is not None:
+        _save_adversarial(save_adv, result, images, labels, summary)
+        summary["saved_adv"] = str(save_adv)
     if store_path is not None:
         store = ResultsStore(store_path)
-        if not store.has_run(run_id):
-            info = run_dir.read_info()
+        if run_id is not None and not store.has_run(run_id):
+            status = loaded.run_dir.read_info().get("status", "unknown")
             store.upsert_run(
-                run_id,
-                run_dir.path.resolve(),
-                config.to_dict(),
-                status=info.get("status", "unknown"),
+                run_id, loaded.run_dir.path.resolve(), loaded.config.to_dict(), status=status
             )
-        source = f"{checkpoint}@{state['epoch']}"
         summary["eval_id"] = store.add_evaluation(
-            run_id, source, summary["attack"], first.norm, first.eps, summary
+            run_id, loaded.source, summary["attack"], first.norm, first.eps, summary
         )
-    return summary, results
+    return summary, result
 
 
-def combine(results: dict[str, RobustnessResult]) -> dict[str, Any]:
-    """Point-wise worst case over several attacks: robust (stable) only if robust (stable) under all."""
-    first = next(iter(results.values()))
-    robust = torch.stack([r.robust for r in results.values()]).all(0)
-    stable = torch.stack([r.stable for r in results.values()]).all(0)
-    norms = torch.stack([r.perturbation_norm for r in results.values()])
-    return {
-        "natural_accuracy": first.natural_accuracy,
-        "robust_accuracy": float(robust.float().mean()),
-        "perturbation_stability": float(stable.float().mean()),
-        "n": first.n,
-        "mean_perturbation_norm": float(norms.mean()),
-        "max_perturbation_norm": float(norms.max()),
-        "seconds": sum(r.seconds for r in results.values()),
-        "per_attack": {name: r.robust_accuracy for name, r in results.items()},
+def _save_adversarial(
+    path: str | Path,
+    result: RobustnessResult,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    summary: dict[str, Any],
+) -> None:
+    """The adversarial examples with their labels and flags, written atomically."""
+    payload = {
+        "x_adv": result.x_adv,
+        "y": labels.cpu(),
+        "adv_prediction": result.adv_prediction,
+        "robust": result.robust,
+        "stable": result.stable,
+        "attack": summary["attack"],
+        "eps": summary["eps"],
+        "norm": summary["norm"],
     }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 register_command(
     "eval",
-    "evaluate a trained run under attack (natural/robust accuracy, stability)",
+    "evaluate a model under attack (natural/robust accuracy, stability, sanity flags)",
     add_arguments,
     run,
 )

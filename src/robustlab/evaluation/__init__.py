@@ -1,5 +1,18 @@
-"""Robustness evaluation: natural accuracy, robust accuracy, perturbation stability."""
+"""Robustness evaluation: natural accuracy, robust accuracy, perturbation stability.
 
-from .robustness import STABILITY_LABELS, RobustnessResult, evaluate_robustness, predict
+Several attacks run as a worst-case cascade (:mod:`.cascade`); :mod:`.checks` holds the sanity
+checks a careful evaluator runs.
+"""
 
-__all__ = ["STABILITY_LABELS", "RobustnessResult", "evaluate_robustness", "predict"]
+from .cascade import STABILITY_LABELS, CascadeState, run_cascade
+from .robustness import RobustnessResult, evaluate_robustness, expand_attacks, predict
+
+__all__ = [
+    "STABILITY_LABELS",
+    "CascadeState",
+    "RobustnessResult",
+    "evaluate_robustness",
+    "expand_attacks",
+    "predict",
+    "run_cascade",
+]

@@ -15,16 +15,24 @@ points, so it counts them as stable and inflates the metric.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..attacks import Attack, model_mode
-from ..errors import ConfigError
+from .cascade import STABILITY_LABELS, CascadeState, run_cascade
 
-STABILITY_LABELS = ("predicted", "true")
+__all__ = [
+    "STABILITY_LABELS",
+    "RobustnessResult",
+    "evaluate_robustness",
+    "expand_attacks",
+    "predict",
+]
 
 
 @dataclass
@@ -33,10 +41,15 @@ class RobustnessResult:
 
     Attributes:
         correct: f(x) == y.
-        stable: f(x_adv) == f(x).
-        robust: f(x) == y and f(x_adv) == y.
-        perturbation_norm: the norm of x_adv - x per example (in the attack's norm).
+        stable: f(x_adv) == f(x) under every attack.
+        robust: f(x) == y and f(x_adv) == y under every attack.
+        perturbation_norm: the norm of x_adv - x per example (in the attacks' norm).
         seconds: wall time of the evaluation.
+        per_attack: robust accuracy after each attack of the cascade (cumulative worst case).
+        per_attack_stability: perturbation stability after each attack.
+        queries: forward passes spent per example by black-box attacks.
+        x_adv: the adversarial examples, when kept.
+        flags: sanity warnings (see :mod:`robustlab.evaluation.checks`).
     """
 
     correct: torch.Tensor
@@ -45,6 +58,13 @@ class RobustnessResult:
     perturbation_norm: torch.Tensor
     seconds: float
     attack: str = ""
+    per_attack: dict[str, float] = field(default_factory=dict)
+    per_attack_stability: dict[str, float] = field(default_factory=dict)
+    attack_seconds: dict[str, float] = field(default_factory=dict)
+    queries: torch.Tensor | None = None
+    x_adv: torch.Tensor | None = None
+    adv_prediction: torch.Tensor | None = None
+    flags: list[dict[str, str]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -66,7 +86,7 @@ class RobustnessResult:
     def summary(self) -> dict[str, Any]:
         """The JSON-ready numbers (accuracies as fractions in [0, 1])."""
         norms = self.perturbation_norm.float()
-        return {
+        summary = {
             "natural_accuracy": self.natural_accuracy,
             "robust_accuracy": self.robust_accuracy,
             "perturbation_stability": self.perturbation_stability,
@@ -74,8 +94,21 @@ class RobustnessResult:
             "mean_perturbation_norm": float(norms.mean()) if norms.numel() else 0.0,
             "max_perturbation_norm": float(norms.max()) if norms.numel() else 0.0,
             "seconds": self.seconds,
-            **self.extra,
+            "per_attack": dict(self.per_attack),
+            "per_attack_stability": dict(self.per_attack_stability),
+            "attack_seconds": dict(self.attack_seconds),
+            "flags": list(self.flags),
         }
+        if self.queries is not None and bool((self.queries > 0).any()):
+            used = self.queries[self.queries > 0].float()
+            summary["queries"] = {
+                "mean": float(used.mean()),
+                "median": float(used.median()),
+                "max": int(used.max()),
+                "total": int(used.sum()),
+            }
+        summary.update(self.extra)
+        return summary
 
 
 def _mean(flags: torch.Tensor) -> float:
@@ -88,56 +121,75 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(dim=1)
 
 
+def expand_attacks(attack: Attack | Mapping[str, Attack] | Sequence[Attack]) -> dict[str, Attack]:
+    """The cascade stages of ``attack``: an ensemble (AutoAttack) contributes its components."""
+    if isinstance(attack, Mapping):
+        items = list(attack.items())
+    elif isinstance(attack, Attack):
+        items = [(attack.name, attack)]
+    else:
+        items = [(a.name, a) for a in attack]
+    stages: dict[str, Attack] = {}
+    for name, member in items:
+        components = getattr(member, "components", None)
+        for stage_name, stage in components.items() if components else [(name, member)]:
+            unique, k = stage_name, 2
+            while unique in stages:  # the same attack twice in a custom list
+                unique, k = f"{stage_name}#{k}", k + 1
+            stages[unique] = stage
+    return stages
+
+
 def evaluate_robustness(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    attack: Attack,
+    attack: Attack | Mapping[str, Attack] | Sequence[Attack],
     *,
     batch_size: int = 512,
     stability_labels: str = "predicted",
-    progress: Any = None,
+    progress: Callable[[int], None] | None = None,
+    keep_adv: bool = False,
+    state_path: str | Path | None = None,
 ) -> RobustnessResult:
     """Attack every point and report natural accuracy, robust accuracy and stability.
+
+    Several attacks (a list, a name -> attack mapping, or an ensemble such as AutoAttack) run
+    as a worst-case cascade: each only on the points still stable (see :mod:`.cascade`).
 
     Args:
         model: the classifier (any mode; it is evaluated in eval mode and restored after).
         images: uint8 images (mapped to [0, 1] per batch) or float images in [0, 1].
         labels: true labels.
-        attack: the attack (its budget defines the ball).
+        attack: the attack(s) (their common budget defines the ball).
         batch_size: points per batch.
         stability_labels: ``"predicted"`` (exact eq. 3.1) or ``"true"`` (the published variant).
-        progress: optional callable advanced by one per batch.
+        progress: optional callable advanced by one per attacked batch.
+        keep_adv: keep the adversarial examples in the result (``x_adv``).
+        state_path: save the cascade state there as it progresses, and resume from it if it
+            exists (long evaluations survive a crash).
     """
-    if stability_labels not in STABILITY_LABELS:
-        raise ConfigError(
-            "eval.stability_labels", stability_labels, f"one of {', '.join(STABILITY_LABELS)}"
-        )
+    stages = expand_attacks(attack)
     start = time.perf_counter()
-    empty = torch.zeros(0, dtype=torch.bool, device=labels.device)
-    correct, stable, robust, norms = [empty], [empty], [empty], [empty.float()]
+    state = None
+    if state_path is not None and Path(state_path).exists():
+        state = CascadeState.load(state_path)
     with model_mode(model, "eval"):
-        for begin in range(0, len(labels), batch_size):
-            x = images[begin : begin + batch_size]
-            x = x.float().div(255) if x.dtype == torch.uint8 else x
-            y = labels[begin : begin + batch_size]
-            prediction = predict(model, x)
-            target = prediction if stability_labels == "predicted" else y
-            x_adv = attack(model, x, target)
-            adv_prediction = predict(model, x_adv)
-            is_correct = prediction == y
-            correct.append(is_correct)
-            stable.append(adv_prediction == prediction)
-            # A misclassified point is never robust: x itself is in the ball.
-            robust.append(is_correct & (adv_prediction == y))
-            norms.append(attack.ball.norm(x_adv - x))
-            if progress is not None:
-                progress(1)
+        state = run_cascade(
+            model, images, labels, stages, batch_size=batch_size, stability_labels=stability_labels,
+            keep_adv=keep_adv, state=state, state_path=state_path, progress=progress,
+        )  # fmt: skip
     return RobustnessResult(
-        correct=torch.cat(correct).cpu(),
-        stable=torch.cat(stable).cpu(),
-        robust=torch.cat(robust).cpu(),
-        perturbation_norm=torch.cat(norms).cpu(),
+        correct=state.correct.cpu(),
+        stable=state.stable.cpu(),
+        robust=state.robust.cpu(),
+        perturbation_norm=state.perturbation_norm.cpu(),
         seconds=time.perf_counter() - start,
-        attack=repr(attack),
+        attack=",".join(stages),
+        per_attack=dict(state.per_attack),
+        per_attack_stability=dict(state.per_attack_stability),
+        attack_seconds=dict(state.seconds),
+        queries=state.queries.cpu(),
+        x_adv=None if state.x_adv is None else state.x_adv.cpu(),
+        adv_prediction=state.adv_prediction.cpu(),
     )

@@ -32,6 +32,15 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, header + payload)
 
 
+def is_robustlab_checkpoint(path: str | Path) -> bool:
+    """Whether the file starts with a robustlab checkpoint header."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`, verifying its checksum.
 

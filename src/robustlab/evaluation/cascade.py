@@ -1,0 +1,247 @@
+"""The worst-case cascade of attacks (as AutoAttack runs its ensemble), with a resumable state.
+
+Every point starts *stable*. Each attack in turn runs, in batches, only on the points still
+stable; a point whose prediction it changes is done (its adversarial example kept) and no later
+attack spends work on it. After each attack the robust accuracy so far is recorded, so one run
+gives the per-attack and the overall point-wise worst-case numbers.
+
+Which label an attack pushes away from is ``stability_labels``: each point's *predicted* label
+(exact perturbation stability, Wu et al. 2021 eq. 3.1; for correctly classified points this is
+the robust-accuracy attack itself) or its *true* label (the published variant, which does not try
+to move misclassified points). Either way a point is stable while f(x_adv) = f(x), and robust
+when it is correct and stable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attacks import Attack
+from ..attacks.base import validate_logits
+from ..errors import ConfigError, RunError
+
+STABILITY_LABELS = ("predicted", "true")
+# Save the state at most this often during an attack (and always when an attack ends).
+SAVE_INTERVAL_S = 30.0
+
+
+@dataclass
+class CascadeState:
+    """Per-point flags and per-attack results of a (possibly unfinished) cascade.
+
+    Attributes:
+        attacks: names of the attacks, in cascade order.
+        signature: what the state was computed for (attacks' settings, n, label mode); a state
+            is only resumed for the same signature.
+        done: attacks finished so far.
+        prediction: f(x) per point; ``correct``: f(x) == y.
+        stable: no attack so far changed the prediction.
+        adv_prediction: f(x_adv) per point (f(x) until attacked).
+        perturbation_norm: the norm of x_adv - x per point, in the attacks' norm.
+        fooled_by: index into ``attacks`` of the attack that changed the prediction (-1: none).
+        queries: forward passes spent by black-box attacks, per point.
+        x_adv: adversarial examples (the first that changed the prediction; for stable points the
+            last attack's output), kept only when asked for.
+        per_attack: robust accuracy after each finished attack; ``per_attack_stability`` likewise.
+        seconds: wall time per attack (accumulated across resumes).
+        position: in the attack being run, how many of its points are done (for resuming mid-attack).
+    """
+
+    attacks: list[str]
+    signature: dict[str, Any]
+    prediction: torch.Tensor
+    correct: torch.Tensor
+    stable: torch.Tensor
+    adv_prediction: torch.Tensor
+    perturbation_norm: torch.Tensor
+    fooled_by: torch.Tensor
+    queries: torch.Tensor
+    x_adv: torch.Tensor | None = None
+    done: list[str] = field(default_factory=list)
+    per_attack: dict[str, float] = field(default_factory=dict)
+    per_attack_stability: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    clean_seconds: float = 0.0
+    position: int = 0
+    pending: torch.Tensor | None = None
+
+    @property
+    def robust(self) -> torch.Tensor:
+        return self.correct & self.stable
+
+    @property
+    def finished(self) -> bool:
+        return len(self.done) == len(self.attacks)
+
+    def save(self, path: str | Path) -> None:
+        """Write the state atomically (checksummed, as checkpoints are)."""
+        from ..training.checkpoint import save_checkpoint
+
+        save_checkpoint(path, {"cascade_state": self.__dict__})
+
+    @classmethod
+    def load(cls, path: str | Path) -> CascadeState:
+        from ..training.checkpoint import load_checkpoint
+
+        payload = load_checkpoint(path)
+        if "cascade_state" not in payload:
+            raise RunError(f"{str(path)!r} is not a cascade state file")
+        return cls(**payload["cascade_state"])
+
+
+def signature_of(attacks: Mapping[str, Attack], n: int, stability_labels: str) -> dict[str, Any]:
+    return {
+        "attacks": {name: repr(a) for name, a in attacks.items()},
+        "n": n,
+        "stability_labels": stability_labels,
+    }
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div(255) if images.dtype == torch.uint8 else images
+
+
+def _fresh_state(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    attacks: Mapping[str, Attack],
+    batch_size: int,
+    stability_labels: str,
+    keep_adv: bool,
+) -> CascadeState:
+    """The clean pass: predictions and correctness, every point stable."""
+    start = time.perf_counter()
+    predictions = []
+    with torch.no_grad():
+        for begin in range(0, len(labels), batch_size):
+            logits = model(_as_float(images[begin : begin + batch_size]))
+            validate_logits(
+                logits, min(batch_size, len(labels) - begin), labels[begin : begin + batch_size]
+            )
+            predictions.append(logits.argmax(dim=1))
+    n = len(labels)
+    device = labels.device
+    prediction = (
+        torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long, device=device)
+    )
+    return CascadeState(
+        attacks=list(attacks),
+        signature=signature_of(attacks, n, stability_labels),
+        prediction=prediction,
+        correct=prediction == labels,
+        stable=torch.ones(n, dtype=torch.bool, device=device),
+        adv_prediction=prediction.clone(),
+        perturbation_norm=torch.zeros(n, device=device),
+        fooled_by=torch.full((n,), -1, dtype=torch.long, device=device),
+        queries=torch.zeros(n, dtype=torch.long, device=device),
+        x_adv=_as_float(images).clone() if keep_adv else None,
+        clean_seconds=time.perf_counter() - start,
+    )
+
+
+def run_cascade(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    attacks: Mapping[str, Attack],
+    *,
+    batch_size: int = 512,
+    stability_labels: str = "predicted",
+    keep_adv: bool = False,
+    state: CascadeState | None = None,
+    state_path: str | Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> CascadeState:
+    """Run ``attacks`` one after another, each only on the points still stable.
+
+    Args:
+        model: the classifier, already in the mode to evaluate (eval).
+        images, labels: the points (uint8 images are mapped to [0, 1] per batch).
+        attacks: name -> attack, in cascade order; they must share the norm and eps.
+        batch_size: points per attack call.
+        stability_labels: ``"predicted"`` or ``"true"`` (see the module docstring).
+        keep_adv: keep every point's adversarial example in the state.
+        state: a state to continue (from :meth:`CascadeState.load`).
+        state_path: where to save the state as it progresses (resumable after a crash).
+        progress: called with the number of batches finished.
+    """
+    if stability_labels not in STABILITY_LABELS:
+        raise ConfigError(
+            "eval.stability_labels", stability_labels, f"one of {', '.join(STABILITY_LABELS)}"
+        )
+    check_compatible(attacks)
+    if state is None:
+        state = _fresh_state(model, images, labels, attacks, batch_size, stability_labels, keep_adv)
+    elif state.signature != signature_of(attacks, len(labels), stability_labels):
+        raise RunError(
+            "the saved cascade state was made with other attacks, points or settings; delete it to start over"
+        )
+    targets = state.prediction if stability_labels == "predicted" else labels
+    last_save = time.perf_counter()
+    for index, (name, attack) in enumerate(attacks.items()):
+        if name in state.done:
+            continue
+        start = time.perf_counter()
+        # The points this attack runs on are fixed when it starts (saved, for resuming mid-attack).
+        if state.pending is None:
+            state.pending = torch.nonzero(state.stable).squeeze(1)
+            state.position = 0
+        pending = state.pending.to(labels.device)
+        while state.position < len(pending):
+            index_batch = pending[state.position : state.position + batch_size]
+            x = _as_float(images[index_batch])
+            x_adv = attack(model, x, targets[index_batch])
+            with torch.no_grad():
+                adv_prediction = model(x_adv).argmax(dim=1)
+            changed = adv_prediction != state.prediction[index_batch]
+            state.adv_prediction[index_batch] = adv_prediction
+            state.perturbation_norm[index_batch] = attack.ball.norm(x_adv - x)
+            state.stable[index_batch] = ~changed
+            state.fooled_by[index_batch[changed]] = index
+            if "queries" in attack.info:
+                state.queries[index_batch] += attack.info["queries"].to(state.queries.device)
+            if state.x_adv is not None:
+                state.x_adv[index_batch] = x_adv.to(state.x_adv.device)
+            state.position += len(index_batch)
+            if progress is not None:
+                progress(1)
+            if state_path is not None and time.perf_counter() - last_save > SAVE_INTERVAL_S:
+                state.seconds[name] = state.seconds.get(name, 0.0) + time.perf_counter() - start
+                start = time.perf_counter()
+                state.save(state_path)
+                last_save = start
+        state.seconds[name] = state.seconds.get(name, 0.0) + time.perf_counter() - start
+        state.per_attack[name] = _mean(state.robust)
+        state.per_attack_stability[name] = _mean(state.stable)
+        state.done.append(name)
+        state.pending, state.position = None, 0
+        if state_path is not None:
+            state.save(state_path)
+            last_save = time.perf_counter()
+    return state
+
+
+def check_compatible(attacks: Mapping[str, Attack]) -> None:
+    """All attacks of one evaluation must share the threat model (norm and eps)."""
+    if not attacks:
+        raise ConfigError("attack", "", "at least one attack")
+    first_name, first = next(iter(attacks.items()))
+    for name, attack in attacks.items():
+        if (attack.norm, attack.eps) != (first.norm, first.eps):
+            raise ConfigError(
+                "attack",
+                name,
+                f"every attack of a cascade must use the same threat model ({first_name}: {first.norm} eps {first.eps:g}; {name}: {attack.norm} eps {attack.eps:g})",
+            )
+
+
+def _mean(flags: torch.Tensor) -> float:
+    return float(flags.float().mean()) if flags.numel() else float("nan")

@@ -1,0 +1,191 @@
+"""``robustlab eval`` on every kind of model source, with cascades, flags, saved examples and state."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from robustlab.cli.main import main
+from robustlab.data import create_dataset
+from robustlab.models import create_model
+from robustlab.store import ResultsStore
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [part for item in items for part in ("--set", item)]
+
+
+@pytest.fixture
+def trained(tmp_path, monkeypatch, capsys, fast_run):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *_sets(fast_run), "--out", "run", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _eval(capsys, *args: str) -> dict:
+    assert main(["eval", *args, "--json"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_a_cascade_reports_per_attack_and_the_worst_case(trained, capsys) -> None:
+    # A small budget, where this weak model keeps some robust points for every attack to work on.
+    args = [
+        "--attack",
+        "fgsm,pgd,apgd-ce,square",
+        "--eps",
+        "0.02",
+        "--steps",
+        "10",
+        "--queries",
+        "100",
+    ]
+    result = _eval(capsys, "run", *args)
+    per_attack = result["per_attack"]
+    assert list(per_attack) == ["fgsm", "pgd", "apgd-ce", "square"]
+    assert list(per_attack.values()) == sorted(per_attack.values(), reverse=True)
+    assert result["robust_accuracy"] == per_attack["square"] <= result["natural_accuracy"]
+    assert result["max_perturbation_norm"] <= 0.02 + 1e-6
+    assert (
+        0 < result["queries"]["mean"] <= 100
+        and result["perturbation_stability"] >= result["robust_accuracy"]
+    )
+    assert result["flags"] == [] and result["run_id"] == trained["run_id"]
+    (stored,) = ResultsStore("runs/robustlab.db", create=False).evaluations(trained["run_id"])
+    assert stored["robust_accuracy"] == result["robust_accuracy"]
+    assert stored["details"]["per_attack"] == per_attack
+
+
+def test_table_output_lists_each_attack(trained, capsys) -> None:
+    assert main(["eval", "run", "--attack", "pgd,fgsm", "--quiet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["attack", "robust", "acc", "stability", "seconds"]
+    assert [line.split()[0] for line in out[2:]] == ["(natural)", "pgd", "fgsm", "overall"]
+
+
+def test_checkpoint_file_and_save_adv(trained, tmp_path, capsys) -> None:
+    result = _eval(capsys, "run/checkpoints/best.pt", "--n", "40", "--save-adv", "adv.pt")
+    saved = torch.load(tmp_path / "adv.pt")
+    assert saved["x_adv"].shape == (40, 3, 8, 8) and saved["y"].shape == (40,)
+    assert float(saved["robust"].float().mean()) == result["robust_accuracy"]
+    assert result["run_id"] == trained["run_id"] and result["source"].endswith("best.pt")
+    test_x = create_dataset("synthetic", n_train=256, n_test=128).test_x[:40].float() / 255
+    assert float((saved["x_adv"] - test_x).abs().amax()) <= 0.1 + 1e-6
+
+
+def test_state_file_resumes_a_finished_evaluation(trained, tmp_path, capsys) -> None:
+    first = _eval(capsys, "run", "--attack", "pgd,fgsm", "--state", "state.pt")
+    assert (tmp_path / "state.pt").exists()
+    again = _eval(capsys, "run", "--attack", "pgd,fgsm", "--state", "state.pt")
+    assert again["per_attack"] == first["per_attack"]
+    assert main(["eval", "run", "--attack", "pgd", "--state", "state.pt"]) == 2  # other attacks
+    assert "other attacks" in capsys.readouterr().err
+
+
+def _external_model(tmp_path) -> torch.nn.Module:
+    torch.manual_seed(0)
+    # A model that expects normalized inputs, as many published checkpoints do.
+    return create_model("mlp", 10, 1, 8, width=32).net.eval()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_with_mean_and_std(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.jit.script(_external_model(tmp_path)).save(str(tmp_path / "model.ts"))
+    result = _eval(
+        capsys,
+        "model.ts",
+        "--data",
+        "digits",
+        "--eps",
+        "0.1",
+        "--mean",
+        "0.3",
+        "--std",
+        "0.4",
+        "--n",
+        "50",
+    )
+    assert result["run_id"] is None and result["source"] == "model.ts" and result["n"] == 50
+    assert result["data"] == "digits"
+    (stored,) = ResultsStore("runs/robustlab.db", create=False).evaluations()
+    assert stored["run_id"] is None and stored["source"] == "model.ts"
+
+
+def test_module_function_source_and_train_mode_flag(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_models.py").write_text(
+        textwrap.dedent("""
+        import torch
+        def build():
+            torch.manual_seed(0)
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))  # left in train mode
+        def softmaxed():
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10), torch.nn.Softmax(dim=1)).eval()
+    """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = _eval(capsys, "my_models:build", "--data", "digits", "--eps", "0.1", "--n", "30")
+    assert [f["code"] for f in result["flags"]] == ["train_mode"]
+    result = _eval(capsys, "my_models:softmaxed", "--data", "digits", "--eps", "0.1", "--n", "30")
+    assert "probabilities" in [f["code"] for f in result["flags"]]
+    assert (
+        main(["eval", "my_models:softmaxed", "--data", "digits", "--eps", "0.1", "--n", "30"]) == 0
+    )
+    captured = capsys.readouterr()
+    assert "warning [probabilities]" in captured.err
+    sys.modules.pop("my_models", None)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["run", "--attack", "pgdd"], "valid:"),
+        (["run", "--eps=-0.1"], "--eps"),
+        (["run", "--attack", "fgsm", "--steps", "3"], "fgsm takes no such setting"),
+        (["run", "--attack", "apgd-t", "--n", "20"], None),  # 10 classes: 9 targets allowed
+        (["run", "--mean", "0.5", "--std", "0.5"], "normalizes its inputs itself"),
+        (["nowhere.pt"], "not found"),
+        (["nomodule:fn", "--data", "digits", "--eps", "0.1"], "cannot import"),
+        (["run", "--attack", "autoattack", "--version", "fast"], "version"),
+        (["run", "--attack", "pgd", "--version", "plus"], "pgd takes no such setting"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(trained, tmp_path, capsys, args, fragment) -> None:
+    code = main(["eval", *args, "--json"])
+    captured = capsys.readouterr()
+    if fragment is None:
+        assert code == 0
+        return
+    assert code == 2 and fragment in captured.err and captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_external_model_needs_data_and_eps(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.jit.script(_external_model(tmp_path)).save(str(tmp_path / "m.ts"))
+    assert main(["eval", "m.ts", "--eps", "0.1"]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main(["eval", "m.ts", "--data", "digits"]) == 2
+    assert "--eps" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_apgd_t_with_too_many_targets_is_rejected(trained, capsys) -> None:
+    # synthetic data has 10 classes: 10 target classes are one too many.
+    code = main(["eval", "run", "--attack", "apgd-t", "--n", "10", "--json"])
+    assert code == 0
+    from robustlab.attacks import create_attack
+    from robustlab.errors import ConfigError
+
+    attack = create_attack("apgd-t", eps=0.1, n_target_classes=10)
+    with pytest.raises(ConfigError, match="n_target_classes"):
+        attack(
+            torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10)),
+            torch.rand(2, 1, 2, 2),
+            torch.tensor([0, 1]),
+        )
