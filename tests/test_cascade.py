@@ -161,6 +161,12 @@ def test_autoattack_versions_expand_to_their_published_components() -> None:
     assert standard.components["square"].n_queries == 5000
     assert all(standard.components[n].n_iter == 100 for n in ("apgd-ce", "apgd-t", "fab-t"))
     assert list(expand_attacks(standard)) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    fewer = create_attack("autoattack", n_target_classes=4)
+    assert (
+        fewer.components["apgd-t"].n_target_classes
+        == fewer.components["fab-t"].n_target_classes
+        == 4
+    )
     plus = create_attack("autoattack", version="plus")
     assert list(plus.components) == [name for name, _ in VERSIONS["plus"]]
     assert plus.components["apgd-ce"].n_restarts == 5

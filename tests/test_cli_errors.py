@@ -240,7 +240,7 @@ def test_eval_of_a_non_run_directory(rejects, tmp_path: Path) -> None:
 
 
 def test_eval_of_a_missing_directory(rejects) -> None:
-    rejects(["eval", "nowhere"], "nowhere", "not a run directory")
+    rejects(["eval", "nowhere"], "nowhere", "not found", "run directory", "TorchScript")
 
 
 def test_show_unknown_run_without_store(rejects) -> None:
@@ -280,7 +280,7 @@ def test_demo_rejects_bad_settings(rejects, args: list[str], fragments: list[str
     ("argv", "fragment"),
     [
         (["train", "--bogus"], "--bogus"),
-        (["eval"], "RUN_DIR"),
+        (["eval"], "MODEL"),
         (["nosuchcommand"], "nosuchcommand"),
         ([], "COMMAND"),
     ],

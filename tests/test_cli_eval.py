@@ -189,3 +189,17 @@ def test_apgd_t_with_too_many_targets_is_rejected(trained, capsys) -> None:
             torch.rand(2, 1, 2, 2),
             torch.tensor([0, 1]),
         )
+
+
+def test_autoattack_on_fewer_classes_needs_fewer_targets(
+    tmp_path, monkeypatch, capsys, fast_run
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    five = [*fast_run, "data.options.num_classes=5", "train.epochs=1"]
+    assert main(["train", *_sets(five), "--out", "five", "--quiet"]) == 0
+    capsys.readouterr()
+    budget = ["--attack", "autoattack", "--steps", "3", "--queries", "20", "--eps", "0.02"]
+    assert main(["eval", "five", *budget, "--json"]) == 2
+    assert "pass --targets 4" in capsys.readouterr().err
+    result = _eval(capsys, "five", *budget, "--targets", "4")
+    assert list(result["per_attack"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]

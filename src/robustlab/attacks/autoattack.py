@@ -11,13 +11,13 @@ from ..errors import ConfigError
 from .base import ATTACKS, Attack
 
 # The versions of Croce & Hein 2020 (fra31/auto-attack, AutoAttack.set_version): the attacks in
-# cascade order, each with the settings that version gives it. `n_iter` (APGD, FAB) and
-# `n_queries` (Square) are filled from the ensemble's own arguments.
+# cascade order, each with the settings that version gives it. `n_iter` (APGD, FAB),
+# `n_target_classes` (APGD-T, FAB-T) and `n_queries` (Square) come from the ensemble's arguments.
 VERSIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "standard": [
         ("apgd-ce", {"n_restarts": 1}),
-        ("apgd-t", {"n_restarts": 1, "n_target_classes": 9}),
-        ("fab-t", {"n_restarts": 1, "n_target_classes": 9}),
+        ("apgd-t", {"n_restarts": 1}),
+        ("fab-t", {"n_restarts": 1}),
         ("square", {"n_restarts": 1}),
     ],
     "plus": [
@@ -25,8 +25,8 @@ VERSIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("apgd-dlr", {"n_restarts": 5}),
         ("fab", {"n_restarts": 5}),
         ("square", {"n_restarts": 1}),
-        ("apgd-t", {"n_restarts": 1, "n_target_classes": 9}),
-        ("fab-t", {"n_restarts": 1, "n_target_classes": 9}),
+        ("apgd-t", {"n_restarts": 1}),
+        ("fab-t", {"n_restarts": 1}),
     ],
     # Randomized defenses: gradients averaged over 20 draws (Expectation over Transformation).
     "rand": [
@@ -35,6 +35,7 @@ VERSIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     ],
 }
 ITERATIVE = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t")
+TARGETED = ("apgd-t", "fab-t")
 
 
 @ATTACKS.register("autoattack")
@@ -63,6 +64,8 @@ class AutoAttack(Attack):
         attacks: the registered attack names of a ``custom`` cascade.
         n_iter: iterations of APGD and FAB (default 100).
         n_queries: Square's query budget (default 5000).
+        n_target_classes: target classes of APGD-T and FAB-T (default 9; at most classes - 1,
+            so datasets with fewer than 10 classes need a smaller value).
 
     Shapes: ``x`` B x C x H x W in [0, 1], ``y`` B (int64) -> ``x_adv`` like ``x``: for each
     point, the first adversarial example found, else the last attack's output.
@@ -80,6 +83,7 @@ class AutoAttack(Attack):
         attacks: list[str] | None = None,
         n_iter: int = 100,
         n_queries: int = 5000,
+        n_target_classes: int = 9,
         model_mode: str = "eval",
         check_inputs: bool = True,
     ) -> None:
@@ -95,7 +99,10 @@ class AutoAttack(Attack):
             raise ConfigError("n_iter", n_iter, "must be > 0")
         if n_queries <= 0:
             raise ConfigError("n_queries", n_queries, "must be > 0")
+        if n_target_classes <= 0:
+            raise ConfigError("n_target_classes", n_target_classes, "must be > 0")
         self.version, self.n_iter, self.n_queries = version, n_iter, n_queries
+        self.n_target_classes = n_target_classes
         plan = VERSIONS[version] if version != "custom" else [(name, {}) for name in attacks or []]
         self.components = self._build(plan)
 
@@ -109,6 +116,8 @@ class AutoAttack(Attack):
             kwargs = dict(settings)
             if name in ITERATIVE and self.version != "custom":
                 kwargs["n_iter"] = self.n_iter
+            if name in TARGETED and self.version != "custom":
+                kwargs["n_target_classes"] = self.n_target_classes
             if name == "square" and self.version != "custom":
                 kwargs["n_queries"] = self.n_queries
             attack = create_attack(name, eps=self.eps, norm=self.norm, **kwargs)

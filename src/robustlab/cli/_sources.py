@@ -55,7 +55,7 @@ class ModelSource:
 
 
 def _is_run_dir(ref: str) -> bool:
-    return Path(ref).is_dir() and (Path(ref) / "config.toml").is_file()
+    return Path(ref).is_dir()  # any directory: RunDirectory.open says what a run directory needs
 
 
 def _load_run(ref: str, checkpoint: str, device: torch.device) -> LoadedModel:

@@ -40,6 +40,7 @@ OPTION_ALIASES = {
     "restarts": ("restarts", "n_restarts"),
     "alpha": ("alpha",),
     "queries": ("n_queries",),
+    "targets": ("n_target_classes",),
     "version": ("version",),
 }
 
@@ -67,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", help="PGD step size (default: 2.5 * eps / steps)")
     parser.add_argument("--restarts", type=int, help="random restarts")
     parser.add_argument("--queries", type=int, help="Square's query budget (default 5000)")
+    parser.add_argument(
+        "--targets", type=int, help="target classes of APGD-T/FAB-T (default 9; < classes)"
+    )
     parser.add_argument("--n", type=int, help="evaluate the first N test points (default: all)")
     parser.add_argument(
         "--batch-size",
@@ -150,7 +154,7 @@ def build_attacks(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, At
         for option in OPTION_ALIASES
         if getattr(args, option) is not None
     }
-    for option in ("steps", "restarts", "queries"):
+    for option in ("steps", "restarts", "queries", "targets"):
         if option in given and given[option] <= 0:
             raise ConfigError(f"--{option}", given[option], "must be > 0")
     if "alpha" in given:
