@@ -27,10 +27,7 @@ from torch import nn
 from robustlab.attacks import ATTACKS, LOSSES, clip_to_ball, create_attack, list_attacks
 from robustlab.attacks import functional as fn
 from robustlab.attacks.pgd import PGD
-from robustlab.data import DeviceLoader, create_dataset
 from robustlab.errors import AttackInputError, ConfigError, UnknownNameError
-from robustlab.models import create_model
-from robustlab.training import create_method
 
 ATTACK_NAMES = list_attacks()
 # Small budgets for the contract tests: the invariants do not depend on the budget, and the
@@ -511,36 +508,9 @@ Reference = tuple[nn.Module, torch.Tensor, torch.Tensor]
 
 
 @pytest.fixture(scope="module")
-def reference() -> Reference:
-    """A one-hidden-layer MLP, PGD-adversarially trained on digits for a few epochs (~2 s).
-
-    Returns the model in eval mode (as torchattacks runs it) and the test set in [0, 1].
-    """
-    torch.manual_seed(0)
-    data = create_dataset("digits")
-    model = create_model(
-        "mlp",
-        num_classes=10,
-        in_channels=1,
-        image_size=8,
-        width=64,
-        depth=1,
-        mean=data.mean,
-        std=data.std,
-    )
-    attack = create_attack("pgd", eps=REF_EPS, alpha=REF_ALPHA, steps=5)
-    method = create_method("pgd_at", attack=attack)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    loader = DeviceLoader(data.train_x, data.train_y, batch_size=64, shuffle=True, seed=0)
-    model.train()
-    for epoch in range(6):
-        for x, y in loader.epoch(epoch):
-            loss = method(model, x, y)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    return model, data.test_x.float() / 255, data.test_y
+def reference(robust_digits_mlp: Reference) -> Reference:
+    """The shared PGD-trained digits MLP (conftest), trained at REF_EPS: eval mode, test set in [0, 1]."""
+    return robust_digits_mlp
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import ATTACKS, Attack, input_gradient
+from .base import ATTACKS, Attack, input_gradient, register_preset
 from .functional import LOSSES, LossFn, ThreatModel, clip_to_ball
 
 APGD_LOSSES = ("ce", "dlr")
@@ -298,41 +298,25 @@ class APGD(APGDBase):
         return [lambda todo: self.loss_fn] * self.n_restarts
 
 
-@ATTACKS.register("apgd-ce")
-def apgd_ce(
-    eps: float = 8 / 255,
-    norm: str = "Linf",
-    n_iter: int = 100,
-    n_restarts: int = 1,
-    eot_iter: int = 1,
-    rho: float = 0.75,
-    model_mode: str = "eval",
-    check_inputs: bool = True,
-) -> APGD:
+register_preset(
+    "apgd-ce",
+    APGD,
     """APGD on the cross-entropy loss (APGD-CE, the first attack of AutoAttack); see :class:`APGD`.
 
     Example:
         >>> attack = create_attack("apgd-ce", eps=8 / 255)
         >>> x_adv = attack(model, x, y)
-    """
-    return APGD(eps, norm, n_iter, n_restarts, "ce", eot_iter, rho, model_mode, check_inputs)
-
-
-@ATTACKS.register("apgd-dlr")
-def apgd_dlr(
-    eps: float = 8 / 255,
-    norm: str = "Linf",
-    n_iter: int = 100,
-    n_restarts: int = 1,
-    eot_iter: int = 1,
-    rho: float = 0.75,
-    model_mode: str = "eval",
-    check_inputs: bool = True,
-) -> APGD:
+    """,
+    loss="ce",
+)
+register_preset(
+    "apgd-dlr",
+    APGD,
     """APGD on the DLR loss (APGD-DLR, eq. 5; needs >= 3 classes); see :class:`APGD`.
 
     Example:
         >>> attack = create_attack("apgd-dlr", eps=8 / 255)
         >>> x_adv = attack(model, x, y)
-    """
-    return APGD(eps, norm, n_iter, n_restarts, "dlr", eot_iter, rho, model_mode, check_inputs)
+    """,
+    loss="dlr",
+)

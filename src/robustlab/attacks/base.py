@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -116,6 +118,25 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
         raise AttackInputError(f"labels must be integers, got dtype {y.dtype}")
     if y.numel() and y.min() < 0:
         raise AttackInputError(f"labels must be >= 0, got {y.min().item()}")
+
+
+def register_preset(name: str, cls: type[Attack], doc: str, **fixed: Any) -> Callable[..., Attack]:
+    """Register ``name`` as ``cls`` with some arguments ``fixed`` (``apgd-ce`` is APGD with
+    ``loss="ce"``): the preset takes every other argument of ``cls``, with the same defaults."""
+    signature = inspect.signature(cls)
+    hints = typing.get_type_hints(cls.__init__)
+
+    def factory(**kwargs: Any) -> Attack:
+        return cls(**fixed, **kwargs)
+
+    factory.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name not in fixed],
+        return_annotation=cls,
+    )
+    factory.__annotations__ = {k: v for k, v in hints.items() if k not in fixed}
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__doc__ = doc
+    return ATTACKS.register(name)(factory)
 
 
 @contextmanager

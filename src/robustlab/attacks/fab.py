@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ._fab_projections import project_onto_hyperplane_in_box
-from .base import ATTACKS, Attack
+from .base import ATTACKS, Attack, register_preset
 
 # Smallest step length used in the biased step's ratio (as the reference): keeps α defined when
 # the current point already lies on the hyperplane.
@@ -199,39 +199,18 @@ class FAB(Attack):
         return (x + 0.5 * self.eps * direction / _per_example(radius, x)).clamp(0.0, 1.0)
 
 
-@ATTACKS.register("fab-t")
-def fab_targeted(
-    eps: float = 8 / 255,
-    norm: str = "Linf",
-    n_iter: int = 100,
-    n_restarts: int = 1,
-    alpha_max: float = 0.1,
-    eta: float = 1.05,
-    beta: float = 0.9,
-    n_target_classes: int = 9,
-    model_mode: str = "eval",
-    check_inputs: bool = True,
-) -> FAB:
+register_preset(
+    "fab-t",
+    FAB,
     """FAB-T, the targeted FAB of AutoAttack's standard version: :class:`FAB` with
     ``targeted=True`` (one run per target, the ``n_target_classes`` highest-scoring wrong classes).
 
     Example:
         >>> attack = create_attack("fab-t", eps=8 / 255, n_target_classes=9)
         >>> x_adv = attack(model, x, y)
-    """
-    return FAB(
-        eps=eps,
-        norm=norm,
-        n_iter=n_iter,
-        n_restarts=n_restarts,
-        alpha_max=alpha_max,
-        eta=eta,
-        beta=beta,
-        targeted=True,
-        n_target_classes=n_target_classes,
-        model_mode=model_mode,
-        check_inputs=check_inputs,
-    )
+    """,
+    targeted=True,
+)
 
 
 class _LogitDifferences:

@@ -34,6 +34,14 @@ def info(message: str, quiet: bool = False) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def add_set_argument(
+    parser: Any, help: str = "override one key, e.g. --set attack.eps=8/255 (repeatable)"
+) -> None:
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides", help=help
+    )
+
+
 def add_store_argument(parser: Any) -> None:
     from ..store import DEFAULT_STORE
 

@@ -5,19 +5,12 @@ from __future__ import annotations
 import argparse
 
 from ..config import build_config, describe_keys, to_toml
-from ._common import register_command
+from ._common import add_set_argument, register_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="TOML config file")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override one key (repeatable)",
-    )
+    add_set_argument(parser)
     parser.add_argument(
         "--keys",
         action="store_true",

@@ -18,7 +18,7 @@ from ..report import render_table
 from ..rundir import RunDirectory, new_run_id
 from ..store import ResultsStore
 from ..training.runner import fit, prepare
-from ._common import add_store_argument, emit_json, info, register_command
+from ._common import add_set_argument, add_store_argument, emit_json, info, register_command
 from ._sources import load_model
 from .eval import evaluate_model
 
@@ -41,14 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default="runs/demo", metavar="DIR", help="where the two run directories go"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override a demo setting (applies to both runs)",
-    )
+    add_set_argument(parser, "override a demo setting (applies to both runs)")
     add_store_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress output")

@@ -12,21 +12,14 @@ from ..report import render_table
 from ..rundir import RunDirectory, new_run_id
 from ..store import ResultsStore
 from ..training.runner import FitResult, fit, prepare
-from ._common import add_store_argument, emit_json, info, register_command
+from ._common import add_set_argument, add_store_argument, emit_json, info, register_command
 
 RUNS_ROOT = Path("runs")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="TOML config file (defaults <- file <- --set)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override one key, e.g. --set attack.eps=8/255 (repeatable)",
-    )
+    add_set_argument(parser)
     parser.add_argument("--out", metavar="DIR", help="run directory (default runs/<run id>)")
     parser.add_argument(
         "--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint"
