@@ -23,7 +23,7 @@ def trained(tmp_path, monkeypatch, capsys, fast_run):
 
 
 def test_train_json_is_one_object_with_final_and_best(trained, tmp_path) -> None:
-    assert set(trained) == {"run_id", "run_dir", "final", "best"}
+    assert set(trained) == {"run_id", "run_dir", "final", "best", "selection"}
     assert trained["final"]["epoch"] == 3 and 0 <= trained["final"]["test_rob_acc"] <= 1
     assert trained["best"]["val_rob_acc"] >= trained["final"]["val_rob_acc"]
     run = tmp_path / "run"
@@ -87,8 +87,10 @@ def test_eval_json_and_store(trained, tmp_path, capsys) -> None:
     assert both["robust_accuracy"] <= min(both["per_attack"].values())
     assert main(["show", trained["run_id"], "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert len(shown["epochs"]) == 3 and len(shown["evaluations"]) == 3
-    assert shown["evaluations"][1]["robust_accuracy"] == result["robust_accuracy"]
+    # The final selection stored two (last, best); the three evaluations above follow.
+    assert len(shown["epochs"]) == 3 and len(shown["evaluations"]) == 5
+    assert [e["source"].split("@")[0] for e in shown["evaluations"][:2]] == ["last", "best"]
+    assert shown["evaluations"][3]["robust_accuracy"] == result["robust_accuracy"]
 
 
 def test_eval_prints_a_table(trained, capsys) -> None:

@@ -66,7 +66,7 @@ def test_clean_method_is_plain_cross_entropy_and_needs_no_attack() -> None:
         create_method("pgd_at")
     with pytest.raises(ConfigError, match="method.lam"):
         create_method("pgd_at", attack=create_attack("pgd"), lam=-1)
-    with pytest.raises(UnknownNameError, match="valid: clean, pgd_at"):
+    with pytest.raises(UnknownNameError, match="valid: .*clean, .*pgd_at"):
         create_method("pgd")
 
 

@@ -110,9 +110,41 @@ class MethodConfig:
     name: str = key("pgd_at", "training method", choices="methods")
     lam: float | None = key(
         None,
-        "robust-regularization strength lambda (unset: the method's published default)",
+        "robust-regularization strength lambda (unset: the method's published default; with WAR its start, 0)",
         NON_NEGATIVE,
     )
+    lam_schedule: str = key(
+        "constant",
+        "how lambda evolves: constant, or war (Wu et al. Algorithm 1, per iteration)",
+        choices="lam_schedules",
+    )
+    zeta: float | None = key(
+        None,
+        "WAR's target ratio l_nat / l_rob (> 0; from `robustlab calibrate-war RUN_DIR`)",
+        POSITIVE,
+    )
+    war_alpha: float = key(0.1, "WAR's step for lambda (Algorithm 1: 0.1)", POSITIVE)
+    awp_base: str = key(
+        "pgd_at", "awp: the method it wraps (pgd_at, gat, trades)", choices="methods"
+    )
+    awp_gamma: float | None = key(
+        None,
+        "awp: relative weight-perturbation size (unset: 0.01 for AT, 0.005 for TRADES)",
+        NON_NEGATIVE,
+    )
+    awp_warmup: int | None = key(
+        None, "awp: epochs before weights are perturbed (unset: the paper's)", NON_NEGATIVE
+    )
+    overfit_action: str = key(
+        "stop",
+        "fgsm_rs: on catastrophic overfitting, stop and restore the previous epoch (stop) or only flag it",
+        choices=("stop", "flag"),
+    )
+    track_terms: bool = key(
+        True,
+        "also measure the objective's terms a method does not optimize (nat_risk, rob_reg every epoch)",
+    )
+    options: dict[str, Any] = key({}, "method-specific options (e.g. trades: detach_clean = true)")
 
 
 @dataclass
@@ -127,6 +159,22 @@ class AttackConfig:
     loss: str = key("ce", "loss the training attack maximizes", choices="attack_losses")
     bn_mode: str = key(
         "eval", "batch-norm mode while crafting training attacks (peers differ)", choices=BN_MODES
+    )
+    eps_schedule: str = key(
+        "constant",
+        "training budget schedule (Liu et al. eq. 5): constant, linear or cosine warm-up",
+        choices="eps_schedules",
+    )
+    eps_min: float = key(0.0, "eps schedule: value at the start of the warm-up (Liu et al.: 0)")
+    eps_max: float | None = key(
+        None,
+        "eps schedule: value the formula reaches at eps_warmup, clipped to attack.eps (unset: 2 * eps, Liu et al.'s CIFAR setting)",
+        NON_NEGATIVE,
+    )
+    eps_warmup: float | None = key(
+        None,
+        "eps schedule: warm-up period D in epochs (unset: half of train.epochs; scaled per PAS period)",
+        POSITIVE,
     )
 
 
@@ -150,6 +198,14 @@ class EvalConfig:
         choices=STABILITY_LABELS,
     )
     every: int = key(1, "evaluate every this many epochs (the last epoch always)", POSITIVE)
+    lipschitz_n: int = key(
+        256,
+        "training points for the per-epoch local Lipschitz estimate (Wu et al. 4.2; 0: skip)",
+        NON_NEGATIVE,
+    )
+    final: bool = key(
+        True, "evaluate the last, best and (PAS) ensemble models on the whole test set at the end"
+    )
 
 
 @dataclass
@@ -170,6 +226,19 @@ class TrainConfig:
     )
     gamma: float = key(0.1, "piecewise: LR factor at each milestone", POSITIVE)
     warmup_epochs: float = key(0.0, "linear LR warm-up from 0 over this many epochs", NON_NEGATIVE)
+    periods: list[float] = key(
+        [],
+        "PAS: epochs at which LR and eps schedules restart, a snapshot being kept at each period end (e.g. [100, 150])",
+    )
+    precision: str = key(
+        "fp32",
+        "training arithmetic: fp32, bf16 (autocast) or fp16 (autocast + gradient scaler); evaluation stays fp32",
+        choices=("fp32", "bf16", "fp16"),
+    )
+    channels_last: bool = key(
+        False, "channels-last memory format for convolutional models (faster on GPUs)"
+    )
+    compile: bool = key(False, "torch.compile the model for training (long runs on GPUs)")
 
 
 @dataclass
@@ -454,6 +523,14 @@ def _registry_names(kind: str) -> list[str]:
         from .training.schedules import list_schedules
 
         return list_schedules()
+    if kind == "lam_schedules":
+        from .training.lam_schedules import LAMBDA_SCHEDULES
+
+        return LAMBDA_SCHEDULES.names()
+    if kind == "eps_schedules":
+        from .training.eps_schedules import list_eps_schedules
+
+        return list_eps_schedules()
     if kind == "optimizers":
         from .training.optim import OPTIMIZERS
 
@@ -515,9 +592,59 @@ def validate(config: RunConfig) -> None:
                     config.train.milestones,
                     f"epochs in [0, train.epochs={config.train.epochs}]",
                 )
+    validate_schedules(config)
     if isinstance(config.data.val_size, float) and config.data.val_size >= 1:
         raise ConfigError(
             "data.val_size", config.data.val_size, "a count (integer) or a fraction in [0, 1)"
+        )
+
+
+# Methods WAR adapts λ for (Wu et al. use it on TRADES, generalized AT and AWP).
+WAR_METHODS = ("gat", "trades", "awp", "mart")
+
+
+def validate_schedules(config: RunConfig) -> None:
+    """The checks that involve the method's, λ's, ε's and the periods' keys together."""
+    method, attack, train = config.method, config.attack, config.train
+    if method.lam_schedule == "war":
+        if method.name not in WAR_METHODS:
+            raise ConfigError(
+                "method.lam_schedule",
+                "war",
+                f"WAR adapts the λ of {', '.join(WAR_METHODS)}; method.name is {method.name!r}",
+            )
+        if method.zeta is None:
+            raise ConfigError(
+                "method.zeta",
+                None,
+                "WAR needs a ratio ζ > 0 (from `robustlab calibrate-war RUN_DIR`)",
+            )
+    eps_max = attack.eps_max if attack.eps_max is not None else 2 * attack.eps
+    if attack.eps_schedule != "constant" and eps_max < attack.eps_min:
+        raise ConfigError(
+            "attack.eps_max", eps_max, f"must be >= attack.eps_min ({attack.eps_min})"
+        )
+    previous = 0.0
+    for boundary in train.periods:
+        if not previous < boundary < train.epochs:
+            raise ConfigError(
+                "train.periods",
+                train.periods,
+                f"increasing epochs strictly between 0 and train.epochs ({train.epochs})",
+            )
+        previous = boundary
+    for key_name in ("awp_gamma", "awp_warmup"):
+        if getattr(method, key_name) is not None and method.name != "awp":
+            raise ConfigError(
+                f"method.{key_name}",
+                getattr(method, key_name),
+                "applies to method.name = 'awp' only",
+            )
+    if method.name == "awp" and method.awp_base in ("awp", "clean"):
+        raise ConfigError(
+            "method.awp_base",
+            method.awp_base,
+            "an adversarial method to wrap: pgd_at, gat, trades, ...",
         )
 
 
@@ -528,11 +655,29 @@ def default_alpha(eps: float, steps: int) -> float:
 
 def resolve(config: RunConfig) -> RunConfig:
     """Fill the keys whose defaults derive from others, so the saved config is explicit."""
+    from .training import METHODS
+
+    method_cls = (
+        METHODS.get(config.method.name)
+        if config.method.name in _registry_names("methods")
+        else None
+    )
+    alpha_rule = (
+        method_cls.step_size_rule({"base": config.method.awp_base})
+        if method_cls is not None
+        else (lambda eps, steps, norm: default_alpha(eps, steps))
+    )
     attack = dataclasses.replace(
         config.attack,
         alpha=config.attack.alpha
         if config.attack.alpha is not None
-        else default_alpha(config.attack.eps, config.attack.steps),
+        else alpha_rule(config.attack.eps, config.attack.steps, config.attack.norm),
+        eps_max=config.attack.eps_max
+        if config.attack.eps_max is not None
+        else 2 * config.attack.eps,
+        eps_warmup=config.attack.eps_warmup
+        if config.attack.eps_warmup is not None
+        else config.train.epochs / 2,
     )
     eval_eps = config.eval.eps if config.eval.eps is not None else attack.eps
     evaluation = dataclasses.replace(
@@ -560,7 +705,9 @@ def resolve(config: RunConfig) -> RunConfig:
     if method.lam is None:
         from .training import method_default_lam
 
-        method = dataclasses.replace(method, lam=method_default_lam(method.name))
+        # WAR starts from λ_0 = 0 (Algorithm 1) unless a start is given.
+        start = 0.0 if method.lam_schedule == "war" else method_default_lam(method.name)
+        method = dataclasses.replace(method, lam=start)
     return dataclasses.replace(
         config, model=model, attack=attack, eval=evaluation, train=train, method=method
     )

@@ -55,6 +55,15 @@ class RunDirectory:
     def best_checkpoint(self) -> Path:
         return self.path / "checkpoints" / "best.pt"
 
+    def snapshot_checkpoint(self, period: int) -> Path:
+        """The model kept at the end of PAS period ``period`` (1-based)."""
+        return self.path / "checkpoints" / f"snapshot_{period}.pt"
+
+    def snapshot_checkpoints(self) -> list[Path]:
+        """Every PAS snapshot, in period order."""
+        found = self.path.glob("checkpoints/snapshot_*.pt")
+        return sorted(found, key=lambda p: int(p.stem.split("_")[1]))
+
     # -- creation ---------------------------------------------------------------------------
 
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import apgd, apgd_t, autoattack, fab, fgsm, pgd, square  # noqa: F401  (registration)
+from . import apgd, apgd_t, autoattack, fab, fgsm, pgd, square, trades_kl  # noqa: F401  (registration)
 from .base import ATTACKS, Attack, input_gradient, model_mode
 from .functional import LOSSES, THREAT_MODELS, ThreatModel, clip_to_ball, threat_model
 

@@ -24,7 +24,9 @@ class PGD(Attack):
         alpha: step size (default ``2.5 * eps / steps``, Madry et al.; 2/255 for 8/255 and 10 steps).
         steps: iterations (default 10).
         norm: ``"Linf"`` or ``"L2"``.
-        random_start: start from a uniform random point of the ball (default True).
+        random_start: ``True`` (default): a uniform random point of the ball (Madry et al.);
+            ``"normal"``: ``x + 0.001·N(0, 1)``, the start of TRADES' and MART's reference code;
+            ``False``: ``x`` itself.
         restarts: independent runs; per example, the first run that changes the prediction is
             kept, else the one with the highest loss (default 1).
         loss: a registered attack loss: ``"ce"`` (default), ``"cw"`` (margin) or ``"dlr"``
@@ -48,7 +50,7 @@ class PGD(Attack):
         alpha: float | None = None,
         steps: int = 10,
         norm: str = "Linf",
-        random_start: bool = True,
+        random_start: bool | str = True,
         restarts: int = 1,
         loss: str = "ce",
         targeted: bool = False,
@@ -65,6 +67,8 @@ class PGD(Attack):
         self.alpha = 2.5 * self.eps / self.steps if alpha is None else float(alpha)
         if self.alpha <= 0 and self.eps > 0:
             raise ConfigError("alpha", alpha, "must be > 0")
+        if random_start not in (True, False, "uniform", "normal"):
+            raise ConfigError("random_start", random_start, "true, false or 'normal'")
         self.random_start = random_start
         self.restarts = int(restarts)
         self.loss = loss
@@ -108,7 +112,10 @@ class PGD(Attack):
     def _ascend(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> torch.Tensor:
         """One run of projected gradient ascent on ``loss_fn``."""
         x_adv = x
-        if self.random_start:
+        if self.random_start == "normal":
+            # As TRADES' and MART's code: the first gradient is taken at the unclipped point.
+            x_adv = x + 0.001 * torch.randn_like(x)
+        elif self.random_start:
             x_adv = clip_to_ball(x + self.ball.random_init(x, self.eps), x, self.eps, self.ball)
         for _ in range(self.steps):
             grad, _, _ = input_gradient(model, x_adv, y, loss_fn)

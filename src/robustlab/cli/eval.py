@@ -204,10 +204,20 @@ def run(args: argparse.Namespace) -> int:
     )
     attacks = build_attacks(args, loaded)
     summary, result = evaluate_model(
-        loaded, attacks, n=args.n, batch_size=args.batch_size, seed=args.seed, stability_labels=args.stability_labels,
-        data=args.data, data_root=args.data_root, device=device, store_path=args.store, save_adv=args.save_adv,
-        state_path=args.state, show_progress=not quiet,
-    )  # fmt: skip
+        loaded,
+        attacks,
+        n=args.n,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        stability_labels=args.stability_labels,
+        data=args.data,
+        data_root=args.data_root,
+        device=device,
+        store_path=args.store,
+        save_adv=args.save_adv,
+        state_path=args.state,
+        show_progress=not quiet,
+    )
     if args.json:
         emit_json(summary)
         return 0
@@ -299,18 +309,32 @@ def evaluate_model(
     total = sum((len(labels) + batch_size - 1) // batch_size for _ in stages)
     with Progress(total, "attack", enabled=show_progress) as bar:
         result = evaluate_robustness(
-            model, images, labels, stages, batch_size=batch_size, stability_labels=stability_labels,
-            progress=bar, keep_adv=save_adv is not None, state_path=state_path,
-        )  # fmt: skip
+            model,
+            images,
+            labels,
+            stages,
+            batch_size=batch_size,
+            stability_labels=stability_labels,
+            progress=bar,
+            keep_adv=save_adv is not None,
+            state_path=state_path,
+        )
     flags.append(check_black_box_gap(result.per_attack))
     result.flags = flags_as_dicts(flags)
     first = next(iter(stages.values()))
     run_id = loaded.run_dir.run_id if loaded.run_dir is not None else None
     summary = {"run_id": run_id, "source": loaded.source, **result.summary()}
-    summary.update({
-        "attack": ",".join(attacks), "norm": first.norm, "eps": first.eps, "epoch": loaded.epoch,
-        "stability_labels": stability_labels, "seed": seed, "data": config.data.name,
-    })  # fmt: skip
+    summary.update(
+        {
+            "attack": ",".join(attacks),
+            "norm": first.norm,
+            "eps": first.eps,
+            "epoch": loaded.epoch,
+            "stability_labels": stability_labels,
+            "seed": seed,
+            "data": config.data.name,
+        }
+    )
     if save_adv is not None:
         _save_adversarial(save_adv, result, images, labels, summary)
         summary["saved_adv"] = str(save_adv)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import RobustlabError
-from . import config, demo, eval, runs, show, train  # noqa: F401  (registration)
+from . import calibrate_war, config, demo, eval, runs, show, train  # noqa: F401  (registration)
 from ._common import COMMANDS
 
 

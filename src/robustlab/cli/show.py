@@ -14,7 +14,10 @@ from ._common import add_store_argument, emit_json, register_command
 COLUMNS = [
     ("epoch", "epoch", "auto"),
     ("lr", "lr", "auto"),
-    ("train_loss", "loss", "auto"),
+    ("eps", "ε", "auto"),
+    ("lam", "λ", "auto"),
+    ("nat_risk", "nat risk", "auto"),
+    ("rob_reg", "rob reg", "auto"),
     ("train_nat_acc", "train nat", "pct"),
     ("train_rob_acc", "train rob", "pct"),
     ("val_nat_acc", "val nat", "pct"),
@@ -22,6 +25,7 @@ COLUMNS = [
     ("test_nat_acc", "test nat", "pct"),
     ("test_rob_acc", "test rob", "pct"),
     ("test_stability", "stability", "pct"),
+    ("lipschitz", "lipschitz", "auto"),
     ("time_s", "seconds", "auto"),
 ]
 

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 "run_dir": str(result.run_dir),
                 "final": result.final,
                 "best": result.best,
+                "selection": result.selection,
             }
         )
     else:
@@ -94,24 +95,38 @@ def _print_epoch(m: dict[str, Any]) -> None:
 
 
 def summary_table(config: RunConfig, result: FitResult) -> str:
-    rows = []
-    for label, m in (("final", result.final), ("best (val)", result.best)):
-        if m:
-            rows.append(
-                [
-                    label,
-                    m["epoch"],
-                    m.get("test_nat_acc"),
-                    m.get("test_rob_acc"),
-                    m.get("test_stability"),
-                ]
-            )
+    """The final model selection (last, best by validation, PAS ensemble) on the whole test set;
+    the last epoch's per-epoch numbers when the final evaluation is off."""
+    if result.selection:
+        rows = [
+            [
+                which,
+                s["epoch"],
+                s["natural_accuracy"],
+                s["robust_accuracy"],
+                s["perturbation_stability"],
+            ]
+            for which, s in result.selection.items()
+        ]
+    else:
+        rows = [
+            [
+                label,
+                m["epoch"],
+                m.get("test_nat_acc"),
+                m.get("test_rob_acc"),
+                m.get("test_stability"),
+            ]
+            for label, m in (("last", result.final), ("best (val)", result.best))
+            if m
+        ]
     table = render_table(
-        ["checkpoint", "epoch", "natural acc", "robust acc", "stability"],
+        ["model", "epoch", "natural acc", "robust acc", "stability"],
         rows,
         ["auto", "auto", "pct", "pct", "pct"],
     )
-    return f"{result.run_id}  ({config.method.name}, {config.model.name}, eps {config.eval.eps:.4g} {config.eval.norm})\n{table}"
+    title = f"{result.run_id}  ({config.method.name}, {config.model.name}, eps {config.eval.eps:.4g} {config.eval.norm})"
+    return f"{title}\n{table}"
 
 
 register_command("train", "train a model with an (adversarial) training method", add_arguments, run)

@@ -176,9 +176,17 @@ def evaluate_robustness(
         state = CascadeState.load(state_path)
     with model_mode(model, "eval"):
         state = run_cascade(
-            model, images, labels, stages, batch_size=batch_size, stability_labels=stability_labels,
-            keep_adv=keep_adv, state=state, state_path=state_path, progress=progress,
-        )  # fmt: skip
+            model,
+            images,
+            labels,
+            stages,
+            batch_size=batch_size,
+            stability_labels=stability_labels,
+            keep_adv=keep_adv,
+            state=state,
+            state_path=state_path,
+            progress=progress,
+        )
     return RobustnessResult(
         correct=state.correct.cpu(),
         stable=state.stable.cpu(),

@@ -15,6 +15,7 @@ from torch import nn
 from .._options import check_options
 from . import densenet, lenet, mlp, preact_resnet, resnet_cifar, vgg, wide_resnet  # noqa: F401
 from ._base import MODELS, FamilySpec, Normalize, NormalizedModel, family_spec, validate_shape_args
+from .ensemble import SnapshotEnsemble
 
 _FIXED_ARGS = ("num_classes", "in_channels", "image_size", "width", "depth")
 
@@ -23,6 +24,7 @@ __all__ = [
     "FamilySpec",
     "Normalize",
     "NormalizedModel",
+    "SnapshotEnsemble",
     "count_parameters",
     "create_model",
     "family_spec",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,8 +14,56 @@ from ..attacks import Attack
 from ..data import DeviceLoader, ImageDataset
 from ..evaluation import evaluate_robustness
 from ..progress import Progress
+from .eps_schedules import EpsSchedule
 from .methods import TrainingMethod
-from .schedules import Schedule
+from .schedules import Schedule, ScheduleClock
+
+
+@dataclass
+class StepControls:
+    """What changes from iteration to iteration, and how each step is computed.
+
+    The learning rate and the training attack's budget follow their schedules in schedule time
+    (``clock``: PAS restarts them every period); the attack's step size is scaled with its budget
+    so that alpha/eps stays as configured. ``precision`` selects autocast (bf16, fp16 with a
+    gradient scaler) for the training step only.
+    """
+
+    clock: ScheduleClock
+    lr_schedule: Schedule
+    base_lr: float
+    eps_schedule: EpsSchedule
+    attack: Attack | None
+    eps_target: float
+    alpha_target: float | None
+    precision: str = "fp32"
+    scaler: torch.amp.GradScaler | None = None
+    channels_last: bool = False
+
+    def apply(self, t: float, optimizer: torch.optim.Optimizer) -> tuple[float, float]:
+        """Set the learning rate and the attack budget for progress ``t`` (epochs)."""
+        tau = self.clock.tau(t)
+        lr = self.base_lr * self.lr_schedule(tau)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        eps = self.eps_schedule(tau)
+        if self.attack is not None:
+            self.attack.eps = eps
+            if self.alpha_target is not None and hasattr(self.attack, "alpha"):
+                scale = eps / self.eps_target if self.eps_target > 0 else 1.0
+                self.attack.alpha = self.alpha_target * scale
+        return lr, eps
+
+    def autocast(self, device: torch.device) -> Any:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# Per-epoch metrics kept under their own names; every other part of a method's output is
+# reported as ``train_<part>``. λ is the value at the epoch's end, the others batch averages.
+OWN_NAMES = ("nat_risk", "rob_reg", "nat_rob_ratio")
 
 
 def train_one_epoch(
@@ -21,46 +71,62 @@ def train_one_epoch(
     method: TrainingMethod,
     loader: DeviceLoader,
     optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    base_lr: float,
+    controls: StepControls,
     epoch: int,
     progress: Progress | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Train ``model`` for one epoch (``epoch`` counts from 0) and return the batch-averaged parts.
 
-    The learning rate is set before every iteration from ``schedule(epoch + i / iterations)``.
-    Losses are accumulated on the device and read once at the end of the epoch, so the loop
-    adds no host-device synchronization per iteration (except to draw the progress bar).
+    Before every iteration the learning rate and ε are set from their schedules at
+    ``epoch + i / iterations``. Losses are accumulated on the device and read once at the end of
+    the epoch, so the loop adds no host-device synchronization per iteration (except to draw
+    the progress bar).
 
     Returns:
-        ``train_loss`` and ``train_<part>`` for each named part the method returns, each averaged
-        over the epoch's examples, and ``lr``, the learning rate of the last iteration.
+        ``train_loss``, ``nat_risk``, ``rob_reg``, ``nat_rob_ratio`` and ``train_<part>`` for each
+        other part, averaged over the epoch's examples; ``lam`` (the last λ) and ``lam_trace`` (λ
+        sampled along the epoch); ``lr`` and ``eps`` of the last iteration.
     """
     model.train()
     iterations = len(loader)
     sums: dict[str, torch.Tensor] = {}
     seen = 0
-    lr = base_lr
+    lr = eps = 0.0
+    device = next(iter(model.parameters())).device
     for i, (x, y) in enumerate(loader.epoch(epoch)):
-        lr = base_lr * schedule(epoch + i / iterations)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        out = method(model, x, y)
+        lr, eps = controls.apply(epoch + i / iterations, optimizer)
+        if controls.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with controls.autocast(device):
+            out = method(model, x, y)
         optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
+        if controls.scaler is not None:
+            controls.scaler.scale(out["loss"]).backward()
+            controls.scaler.step(optimizer)
+            controls.scaler.update()
+        else:
+            out["loss"].backward()
+            optimizer.step()
+        method.after_step(model)
         batch = len(y)
         seen += batch
         for name, value in out.items():
-            part = value.detach() * batch
+            if name == "lam":
+                continue
+            part = value.detach().float() * batch
             sums[name] = sums[name] + part if name in sums else part
         if progress is not None:
             if progress.wants_postfix():
                 progress.update(1, loss=float(sums["loss"]) / seen)
             else:
                 progress.update(1)
-    metrics = {f"train_{name}": float(total) / seen for name, total in sums.items()}
-    metrics["lr"] = lr
+    metrics: dict[str, Any] = {}
+    for name, total in sums.items():
+        key = "train_loss" if name == "loss" else name if name in OWN_NAMES else f"train_{name}"
+        metrics[key] = float(total) / seen
+    metrics.update(
+        {"lr": lr, "eps": eps, "lam": method.lam, "lam_trace": method.lam_schedule.take_trace()}
+    )
     return metrics
 
 

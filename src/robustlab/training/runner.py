@@ -15,15 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import Attack, create_attack
+from .._options import accepted_options, check_options
+from ..attacks import ATTACKS, Attack, create_attack
 from ..config import RunConfig
 from ..data import DeviceLoader, ImageDataset, create_dataset
 from ..errors import CheckpointError, ConfigError
-from ..models import NormalizedModel, count_parameters, create_model, family_spec
+from ..evaluation import evaluate_robustness
+from ..evaluation.lipschitz import local_lipschitz
+from ..models import NormalizedModel, SnapshotEnsemble, count_parameters, create_model, family_spec
 from ..progress import Progress
 from ..rundir import RunDirectory
 from ..store import ResultsStore
-from . import create_method
 from .checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -31,10 +33,12 @@ from .checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from .loop import evaluate_epoch, evaluation_batches, train_one_epoch
-from .methods import TrainingMethod
+from .eps_schedules import create_eps_schedule
+from .lam_schedules import create_lambda_schedule
+from .loop import StepControls, evaluate_epoch, evaluation_batches, train_one_epoch
+from .methods import METHODS, EpochContext, TrainingMethod
 from .optim import OPTIMIZERS
-from .schedules import Schedule, create_schedule
+from .schedules import ScheduleClock, create_schedule
 
 SELECTION_METRIC = "val_rob_acc"
 
@@ -60,8 +64,11 @@ class Experiment:
     method: TrainingMethod
     eval_attack: Attack
     optimizer: torch.optim.Optimizer
-    schedule: Schedule
+    controls: StepControls
     loader: DeviceLoader
+    train_model: nn.Module
+    fixed_x: torch.Tensor
+    fixed_y: torch.Tensor
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,20 +105,85 @@ def build_model(spec: dict[str, Any]) -> NormalizedModel:
     return create_model(**kwargs, **spec.get("options", {}))
 
 
+# Method-specific config keys and the constructor arguments they feed.
+METHOD_KEYS = {
+    "awp_base": "base",
+    "awp_gamma": "gamma",
+    "awp_warmup": "warmup",
+    "overfit_action": "overfit_action",
+}
+FIXED_METHOD_ARGS = ("attack", "lam", "lam_schedule", "track_terms")
+
+
+def method_options(config: RunConfig) -> dict[str, Any]:
+    """The method's own constructor options: the named ``method.*`` keys it takes, and
+    ``method.options`` (checked against what the method accepts)."""
+    cls = METHODS.get(config.method.name)
+    check_options(
+        config.method.name,
+        cls,
+        config.method.options,
+        key_prefix="method.options",
+        fixed=FIXED_METHOD_ARGS,
+    )
+    accepted = set(accepted_options(cls))
+    options = {
+        arg: getattr(config.method, key) for key, arg in METHOD_KEYS.items() if arg in accepted
+    }
+    return {**{k: v for k, v in options.items() if v is not None}, **config.method.options}
+
+
 def training_attack(config: RunConfig) -> Attack:
-    """The PGD of ``attack.*``. Batches come from the loader, already in [0, 1] with valid
-    labels, so the per-call input check (a host-device sync) is skipped in the training step."""
+    """The method's training attack, built from ``attack.*`` and the settings its paper fixes.
+
+    Batches come from the loader, already in [0, 1] with valid labels, so the per-call input
+    check (a host-device sync) is skipped in the training step.
+    """
     a = config.attack
-    return create_attack(
-        "pgd",
-        eps=a.eps,
-        alpha=a.alpha,
-        steps=a.steps,
-        norm=a.norm,
-        random_start=a.random_start,
-        loss=a.loss,
-        model_mode=a.bn_mode,
-        check_inputs=False,
+    name, fixed = METHODS.get(config.method.name).attack_spec(method_options(config))
+    settings = {
+        "eps": a.eps,
+        "alpha": a.alpha,
+        "steps": a.steps,
+        "norm": a.norm,
+        "random_start": a.random_start,
+        "loss": a.loss,
+        "model_mode": a.bn_mode,
+        **fixed,
+        "check_inputs": False,
+    }
+    accepted = set(accepted_options(ATTACKS.get(name)))
+    return create_attack(name, **{k: v for k, v in settings.items() if k in accepted})
+
+
+def build_method(config: RunConfig, attack: Attack) -> TrainingMethod:
+    m = config.method
+    return METHODS.create(
+        m.name,
+        attack=attack,
+        lam=m.lam,
+        lam_schedule=create_lambda_schedule(m.lam_schedule, m.zeta, m.war_alpha),
+        track_terms=m.track_terms,
+        **method_options(config),
+    )
+
+
+def step_controls(config: RunConfig, attack: Attack, device: torch.device) -> StepControls:
+    t, a = config.train, config.attack
+    scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
+    return StepControls(
+        clock=ScheduleClock(t.epochs, t.periods),
+        lr_schedule=create_schedule(
+            t.schedule, t.epochs, t.milestones or [], t.gamma, t.warmup_epochs
+        ),
+        base_lr=t.lr,
+        eps_schedule=create_eps_schedule(a.eps_schedule, a.eps, a.eps_min, a.eps_max, a.eps_warmup),
+        attack=attack,
+        eps_target=a.eps,
+        alpha_target=getattr(attack, "alpha", None),
+        precision=t.precision,
+        scaler=scaler,
+        channels_last=t.channels_last,
     )
 
 
@@ -135,9 +207,10 @@ def prepare(config: RunConfig) -> Experiment:
     data = load_data(config, device)
     spec = model_spec_for(config, data)
     model = build_model(spec).to(device)
-    method = create_method(
-        config.method.name, attack=training_attack(config), lam=config.method.lam
-    )
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    attack = training_attack(config)
+    method = build_method(config, attack)
     optimizer = OPTIMIZERS.create(
         config.train.optimizer,
         model.parameters(),
@@ -145,13 +218,6 @@ def prepare(config: RunConfig) -> Experiment:
         momentum=config.train.momentum,
         weight_decay=config.train.weight_decay,
         nesterov=config.train.nesterov,
-    )
-    schedule = create_schedule(
-        config.train.schedule,
-        config.train.epochs,
-        config.train.milestones or [],
-        config.train.gamma,
-        config.train.warmup_epochs,
     )
     loader = DeviceLoader(
         data.train_x,
@@ -161,6 +227,9 @@ def prepare(config: RunConfig) -> Experiment:
         augment=data.augment,
         seed=config.seed,
     )
+    # Training may run through a compiled wrapper; checkpoints and evaluation use the model itself.
+    train_model = torch.compile(model) if config.train.compile else model
+    fixed = max(config.train.batch_size, config.eval.lipschitz_n)
     return Experiment(
         config,
         device,
@@ -170,8 +239,11 @@ def prepare(config: RunConfig) -> Experiment:
         method,
         evaluation_attack(config),
         optimizer,
-        schedule,
+        step_controls(config, attack, device),
         loader,
+        train_model,
+        fixed_x=data.train_x[:fixed].float().div(255),
+        fixed_y=data.train_y[:fixed],
     )
 
 
@@ -181,6 +253,7 @@ class FitResult:
     run_dir: Path
     history: list[dict[str, Any]]
     best: dict[str, Any] | None
+    selection: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final(self) -> dict[str, Any]:
@@ -194,17 +267,86 @@ def _state(
     history: list[dict[str, Any]],
     best: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    scaler = exp.controls.scaler
     return {
         "epoch": epoch,
         "step": step,
         "model": exp.model.state_dict(),
         "optimizer": exp.optimizer.state_dict(),
+        "method": exp.method.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": capture_rng_state(),
         "history": history,
         "best": best,
         "config": exp.config.to_dict(),
         "model_spec": exp.model_spec,
     }
+
+
+def _model_state(exp: Experiment, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A weights-only checkpoint (best, PAS snapshots)."""
+    return {
+        "epoch": epoch,
+        "model": exp.model.state_dict(),
+        "metrics": metrics,
+        "config": exp.config.to_dict(),
+        "model_spec": exp.model_spec,
+    }
+
+
+def _restore(
+    exp: Experiment, run: RunDirectory
+) -> tuple[int, int, list[dict[str, Any]], dict[str, Any] | None]:
+    state = load_checkpoint(run.last_checkpoint, map_location=exp.device)
+    exp.model.load_state_dict(state["model"])
+    exp.optimizer.load_state_dict(state["optimizer"])
+    exp.method.load_state_dict(state["method"])
+    if exp.controls.scaler is not None and state.get("scaler") is not None:
+        exp.controls.scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])
+    return state["epoch"], state["step"], state["history"], state["best"]
+
+
+def _epoch_diagnostics(exp: Experiment, epoch: int, show_progress: bool) -> dict[str, Any]:
+    """Evaluation (train subset, validation, test), local Lipschitz estimate, method hooks."""
+    config, metrics = exp.config, {}
+    # The method's hook first: a detector that restores earlier weights has them evaluated.
+    batch = config.train.batch_size
+    context = EpochContext(epoch, exp.fixed_x[:batch], exp.fixed_y[:batch])
+    metrics.update(exp.method.on_epoch_end(exp.model, context))
+    last = epoch + 1 == config.train.epochs
+    if (epoch + 1) % config.eval.every == 0 or last:
+        kwargs = {
+            "batch_size": config.eval.batch_size,
+            "n_train": config.eval.n_train,
+            "n_test": config.eval.n,
+        }
+        total = evaluation_batches(exp.data, **kwargs)
+        with Progress(
+            total, f"eval  {epoch + 1}/{config.train.epochs}", enabled=show_progress
+        ) as bar:
+            metrics.update(
+                evaluate_epoch(
+                    exp.model,
+                    exp.data,
+                    exp.eval_attack,
+                    stability_labels=config.eval.stability_labels,
+                    progress=bar,
+                    **kwargs,
+                )
+            )
+    if config.eval.lipschitz_n > 0:
+        a, n = config.attack, config.eval.lipschitz_n
+        metrics["lipschitz"] = local_lipschitz(
+            exp.model,
+            exp.fixed_x[:n],
+            exp.fixed_y[:n],
+            eps=a.eps,
+            alpha=a.alpha,
+            steps=a.steps,
+            norm=a.norm,
+        )
+    return metrics
 
 
 def fit(
@@ -219,10 +361,12 @@ def fit(
 ) -> FitResult:
     """Train to ``train.epochs``, checkpointing after every epoch; continue a run if ``resume``.
 
-    After each epoch, in this order: the best checkpoint (if improved), the last checkpoint,
-    then ``metrics.jsonl`` and the store. A run killed anywhere resumes from its last
-    checkpoint; the history saved in it is the truth, and the metrics file and the store are
-    rewritten from it, so no epoch is ever recorded twice.
+    After each epoch, in this order: the best checkpoint (if improved) and the PAS snapshot (at a
+    period end), the last checkpoint, then ``metrics.jsonl`` and the store. A run killed anywhere
+    resumes from its last checkpoint; the history saved in it is the truth, and the metrics file
+    and the store are rewritten from it, so no epoch is ever recorded twice. A method may stop
+    training early (fast AT's catastrophic-overfitting detector). At the end the last, best and
+    (PAS) ensemble models are evaluated on the whole test set (``eval.final``).
     """
     config = exp.config
     history: list[dict[str, Any]] = []
@@ -230,12 +374,7 @@ def fit(
     start_epoch, step = 0, 0
     run.remove_partial_writes()
     if resume and run.last_checkpoint.exists():
-        state = load_checkpoint(run.last_checkpoint, map_location=exp.device)
-        exp.model.load_state_dict(state["model"])
-        exp.optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"])
-        start_epoch, step = state["epoch"], state["step"]
-        history, best = state["history"], state["best"]
+        start_epoch, step, history, best = _restore(exp, run)
     run.rewrite_metrics(history)
     if store is not None:
         store.upsert_run(run_id, run.path.resolve(), config.to_dict())
@@ -246,41 +385,20 @@ def fit(
     )
     wall_start = time.perf_counter()
     epochs = config.train.epochs
+    snapshot_epochs = exp.controls.clock.period_ends()
     for epoch in range(start_epoch, epochs):
+        if exp.method.stop_requested:
+            break
         epoch_start = time.perf_counter()
         with Progress(len(exp.loader), f"epoch {epoch + 1}/{epochs}", enabled=show_progress) as bar:
             metrics: dict[str, Any] = {"epoch": epoch + 1}
             metrics.update(
                 train_one_epoch(
-                    exp.model,
-                    exp.method,
-                    exp.loader,
-                    exp.optimizer,
-                    exp.schedule,
-                    config.train.lr,
-                    epoch,
-                    bar,
+                    exp.train_model, exp.method, exp.loader, exp.optimizer, exp.controls, epoch, bar
                 )
             )
         step += len(exp.loader)
-        if (epoch + 1) % config.eval.every == 0 or epoch + 1 == epochs:
-            eval_kwargs = {
-                "batch_size": config.eval.batch_size,
-                "n_train": config.eval.n_train,
-                "n_test": config.eval.n,
-            }
-            total = evaluation_batches(exp.data, **eval_kwargs)
-            with Progress(total, f"eval  {epoch + 1}/{epochs}", enabled=show_progress) as bar:
-                metrics.update(
-                    evaluate_epoch(
-                        exp.model,
-                        exp.data,
-                        exp.eval_attack,
-                        stability_labels=config.eval.stability_labels,
-                        progress=bar,
-                        **eval_kwargs,
-                    )
-                )
+        metrics.update(_epoch_diagnostics(exp, epoch, show_progress))
         metrics["time_s"] = time.perf_counter() - epoch_start
         metrics = _ordered(metrics)
         history.append(metrics)
@@ -288,9 +406,11 @@ def fit(
             best is None or metrics[SELECTION_METRIC] > best[SELECTION_METRIC]
         ):
             best = metrics
+            save_checkpoint(run.best_checkpoint, _model_state(exp, epoch + 1, metrics))
+        if epoch + 1 in snapshot_epochs:
             save_checkpoint(
-                run.best_checkpoint,
-                {**_state(exp, epoch + 1, step, history, best), "optimizer": None, "rng": None},
+                run.snapshot_checkpoint(snapshot_epochs.index(epoch + 1) + 1),
+                _model_state(exp, epoch + 1, metrics),
             )
         save_checkpoint(run.last_checkpoint, _state(exp, epoch + 1, step, history, best))
         run.append_metrics(metrics)
@@ -298,21 +418,86 @@ def fit(
             store.record_epoch(run_id, epoch + 1, metrics)
         if on_epoch is not None:
             on_epoch(metrics)
+    stopped = exp.method.stop_requested
+    selection = (
+        final_selection(exp, run, store, run_id, show_progress)
+        if config.eval.final and history
+        else {}
+    )
     info = run.read_info()
     wall = info.get("wall_time_s", 0.0) + (time.perf_counter() - wall_start)
-    run.update_info(status="finished", wall_time_s=wall, best_epoch=best["epoch"] if best else None)
+    run.update_info(
+        status="finished",
+        wall_time_s=wall,
+        best_epoch=best["epoch"] if best else None,
+        stopped_early=stopped,
+        selection=selection,
+    )
     if store is not None:
-        store.finish_run(
-            run_id, "finished", {"final": history[-1] if history else {}, "best": best}
-        )
-    return FitResult(run_id, run.path, history, best)
+        summary = {
+            "final": history[-1] if history else {},
+            "best": best,
+            "selection": selection,
+            "stopped_early": stopped,
+        }
+        store.finish_run(run_id, "finished", summary)
+    return FitResult(run_id, run.path, history, best, selection)
+
+
+def final_selection(
+    exp: Experiment, run: RunDirectory, store: ResultsStore | None, run_id: str, show_progress: bool
+) -> dict[str, Any]:
+    """Model selection as in the literature: the last model, the best by validation robust
+    accuracy, and for PAS the snapshot ensemble, each evaluated on the whole test set under the
+    evaluation attack (and stored as evaluations of the run)."""
+    config = exp.config
+    candidates = ["last"]
+    if run.best_checkpoint.exists():
+        candidates.append("best")
+    if exp.controls.clock.period_ends() and run.snapshot_checkpoints():
+        candidates.append("ensemble")
+    selection: dict[str, Any] = {}
+    for which in candidates:
+        model, state = load_trained_model(run, which, exp.device)
+        batches = -(-len(exp.data.test_y) // config.eval.batch_size)
+        with Progress(batches, f"final {which}", enabled=show_progress) as bar:
+            result = evaluate_robustness(
+                model,
+                exp.data.test_x,
+                exp.data.test_y,
+                exp.eval_attack,
+                batch_size=config.eval.batch_size,
+                stability_labels=config.eval.stability_labels,
+                progress=bar,
+            )
+        summary = {k: v for k, v in result.summary().items() if k in SELECTION_KEYS}
+        summary["epoch"] = state["epoch"]
+        selection[which] = summary
+        if store is not None:
+            store.add_evaluation(
+                run_id,
+                f"{which}@{state['epoch']}",
+                "pgd",
+                config.eval.norm,
+                config.eval.eps,
+                result.summary(),
+            )
+    return selection
+
+
+SELECTION_KEYS = ("natural_accuracy", "robust_accuracy", "perturbation_stability", "n", "seconds")
 
 
 # Column order of metrics.jsonl, the README's schema table and `robustlab show`.
 METRIC_ORDER = (
     "epoch",
     "lr",
+    "eps",
+    "lam",
     "train_loss",
+    "nat_risk",
+    "rob_reg",
+    "lipschitz",
     "train_nat_acc",
     "train_rob_acc",
     "train_stability",
@@ -335,15 +520,31 @@ def _ordered(metrics: dict[str, Any]) -> dict[str, Any]:
 def load_trained_model(
     run: RunDirectory, which: str = "last", device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of a run's ``last`` or ``best`` checkpoint, in eval mode, and the checkpoint."""
-    paths = {"last": run.last_checkpoint, "best": run.best_checkpoint}
-    if which not in paths:
-        raise ConfigError("--checkpoint", which, "one of last, best")
-    path = paths[which]
+    """A run's ``last``, ``best`` or (PAS) ``ensemble`` model, in eval mode, and its checkpoint
+    (for the ensemble: the last snapshot's)."""
+    choices = ("last", "best", "ensemble")
+    if which not in choices:
+        raise ConfigError("--checkpoint", which, f"one of {', '.join(choices)}")
+    if which == "ensemble":
+        paths = run.snapshot_checkpoints()
+        if not paths:
+            raise CheckpointError(
+                f"run {str(run.path)!r} has no PAS snapshots (train.periods was empty or no period ended yet)"
+            )
+        members, state = [], {}
+        for path in paths:
+            member, state = _load_model_file(path, device)
+            members.append(member)
+        return SnapshotEnsemble(members).eval(), state
+    path = run.last_checkpoint if which == "last" else run.best_checkpoint
     if not path.exists():
         raise CheckpointError(
             f"run {str(run.path)!r} has no {which} checkpoint yet ({path.name} missing)"
         )
+    return _load_model_file(path, device)
+
+
+def _load_model_file(path: Path, device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:
     state = load_checkpoint(path, map_location=device)
     model = build_model(state["model_spec"]).to(device)
     model.load_state_dict(state["model"])

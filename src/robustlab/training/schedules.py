@@ -1,14 +1,16 @@
 """Learning-rate schedules as pure functions of training progress in epochs (a float).
 
-The loop sets ``lr = train.lr * factor(epoch + i / iterations_per_epoch)`` before every
-iteration, so schedules are stepped per iteration and a resumed run needs only the step count.
+The loop sets ``lr = train.lr * factor(τ)`` before every iteration, where τ is the schedule time
+of that iteration (see :class:`ScheduleClock`: the epoch count, or with periodic adversarial
+scheduling the position within the current period scaled to the whole run). Schedules are thus
+stepped per iteration, and a resumed run needs only the iteration count.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..registry import Registry
 
@@ -21,7 +23,7 @@ def list_schedules() -> list[str]:
 
 
 @SCHEDULES.register("piecewise")
-def piecewise(epochs: int, milestones: list[float], gamma: float = 0.1) -> Schedule:
+def piecewise(epochs: int, milestones: Sequence[float], gamma: float = 0.1) -> Schedule:
     """Multiply the LR by ``gamma`` at each milestone (Madry et al.; TRADES: ÷10 at 75 and 90 of 100)."""
     bounds = sorted(milestones)
 
@@ -32,11 +34,42 @@ def piecewise(epochs: int, milestones: list[float], gamma: float = 0.1) -> Sched
 
 
 @SCHEDULES.register("cosine")
-def cosine(epochs: int, milestones: list[float] | None = None, gamma: float = 0.1) -> Schedule:
+def cosine(epochs: int, milestones: Sequence[float] = (), gamma: float = 0.1) -> Schedule:
     """Cosine annealing from the peak LR to 0 over the run (Loshchilov & Hutter 2017, no restarts)."""
 
     def factor(t: float) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * min(t, epochs) / epochs))
+
+    return factor
+
+
+@SCHEDULES.register("exp_decay")
+def exp_decay(epochs: int, milestones: Sequence[float] = (), gamma: float = 0.1) -> Schedule:
+    """Wu et al. 2021 (section 5.1, Appendix B): constant, then halve the LR every epoch after
+    the decay start — the first milestone, by default 75% of the run (epoch 75 of 100).
+
+    The factor changes once per epoch: epoch index ``d`` (0-based) gets ``0.5 ** (d - start + 1)``
+    from ``d = start`` on, so a 100-epoch run trains its 76th epoch at half the LR.
+    """
+    start = math.floor(milestones[0]) if milestones else math.floor(0.75 * epochs)
+
+    def factor(t: float) -> float:
+        epoch = math.floor(t + 1e-9)
+        return 1.0 if epoch < start else 0.5 ** (epoch - start + 1)
+
+    return factor
+
+
+@SCHEDULES.register("cyclic")
+def cyclic(epochs: int, milestones: Sequence[float] = (), gamma: float = 0.1) -> Schedule:
+    """Wong, Rice & Kolter 2020 (fast adversarial training): linear from 0 up to the peak LR at
+    2/5 of the run, then linearly back to 0 at its end (their code's ``np.interp([t], [0, 2E/5,
+    E], [0, lr_max, 0])``), per iteration."""
+    peak = 0.4 * epochs
+
+    def factor(t: float) -> float:
+        t = min(max(t, 0.0), float(epochs))
+        return t / peak if t <= peak else (epochs - t) / (epochs - peak)
 
     return factor
 
@@ -53,7 +86,34 @@ def with_warmup(schedule: Schedule, warmup_epochs: float) -> Schedule:
 
 
 def create_schedule(
-    name: str, epochs: int, milestones: list[float], gamma: float, warmup_epochs: float = 0.0
+    name: str, epochs: int, milestones: Sequence[float], gamma: float, warmup_epochs: float = 0.0
 ) -> Schedule:
     """The schedule ``name`` with optional warm-up."""
-    return with_warmup(SCHEDULES.create(name, epochs, milestones, gamma), warmup_epochs)
+    return with_warmup(SCHEDULES.create(name, epochs, list(milestones), gamma), warmup_epochs)
+
+
+class ScheduleClock:
+    """Maps training progress ``t`` (epochs, a float) to schedule time τ.
+
+    Without periods τ = t. With periodic adversarial scheduling (Liu et al. 2020, section 5, PAS)
+    the run is split at ``periods`` (e.g. ``[100, 150]`` of 200 epochs: 0–100, 100–150, 150–200);
+    within each period τ runs over the whole ``[0, epochs]``, so the learning-rate and ε
+    schedules restart at every period start and are "scaled proportionally" to its length.
+    """
+
+    def __init__(self, epochs: int, periods: Sequence[float] = ()) -> None:
+        self.epochs = epochs
+        self.bounds = [0.0, *sorted(float(p) for p in periods), float(epochs)]
+
+    def period(self, t: float) -> int:
+        """The 0-based index of the period containing ``t``."""
+        return min(bisect.bisect_right(self.bounds, t) - 1, len(self.bounds) - 2)
+
+    def tau(self, t: float) -> float:
+        k = self.period(t)
+        start, end = self.bounds[k], self.bounds[k + 1]
+        return (t - start) / (end - start) * self.epochs
+
+    def period_ends(self) -> list[int]:
+        """The (1-based) epochs after which a PAS snapshot is kept: each period's end."""
+        return [round(b) for b in self.bounds[1:]] if len(self.bounds) > 2 else []

@@ -1,6 +1,20 @@
 """Training methods, one per file, behind :class:`TrainingMethod`."""
 
-from . import clean, pgd_at  # noqa: F401  (registration)
-from .base import METHODS, TrainingMethod
+from . import awp, clean, fgsm_rs, gat, mart, pgd_at, trades  # noqa: F401  (registration)
+from .base import (
+    METHODS,
+    EpochContext,
+    Terms,
+    TrainingMethod,
+    frozen_batch_norm_statistics,
+    measured_cross_entropy,
+)
 
-__all__ = ["METHODS", "TrainingMethod"]
+__all__ = [
+    "METHODS",
+    "EpochContext",
+    "Terms",
+    "TrainingMethod",
+    "frozen_batch_norm_statistics",
+    "measured_cross_entropy",
+]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import METHODS, TrainingMethod
+from .base import METHODS, Terms, TrainingMethod, measured_cross_entropy
 
 
 @METHODS.register("pgd_at")
@@ -16,23 +16,21 @@ class PGDAT(TrainingMethod):
     training attack (PGD, ``attack.steps`` steps from a random start).
 
     With λ ≠ 1 the loss is Wu et al. 2021 eq. (1.1) without clipping,
-    ``CE(f(x), y) + λ (CE(f(x_adv), y) - CE(f(x), y)) = (1 - λ) CE_nat + λ CE_adv``:
-    λ = 1 is Madry's objective (the default), λ = 0.5 Goodfellow et al.'s. The clean forward
-    pass is skipped when λ = 1, so the default costs exactly one attack plus one update.
-
-    Returns ``loss``, ``adv_loss`` and, when λ ≠ 1, ``nat_loss``.
+    ``CE(f(x), y) + λ (CE(f(x_adv), y) − CE(f(x), y)) = (1 − λ) CE_nat + λ CE_adv``:
+    λ = 1 is Madry's objective (the default), λ = 0.5 Goodfellow et al.'s. At λ = 1 the clean
+    pass is only measured (no gradient, no batch-norm update) when ``track_terms``, so the update
+    is exactly Madry's; ``method.track_terms = false`` skips it.
     """
 
     default_lam = 1.0
 
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        x_adv = self.attack(model, x, y)
-        if self.lam == 1.0:
-            adv_loss = F.cross_entropy(model(x_adv), y)
-            return {"loss": adv_loss, "adv_loss": adv_loss.detach()}
-        nat_loss = F.cross_entropy(model(x), y)
-        adv_loss = F.cross_entropy(model(x_adv), y)
-        loss = (1 - self.lam) * nat_loss + self.lam * adv_loss
-        return {"loss": loss, "nat_loss": nat_loss.detach(), "adv_loss": adv_loss.detach()}
+    def objective(
+        self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor | None, y: torch.Tensor
+    ) -> Terms:
+        adv = F.cross_entropy(model(x_adv), y)
+        if not self.adapts_lam and float(self.lam_schedule.value) == 1.0:
+            nat = measured_cross_entropy(model, x, y) if self.track_terms else None
+            rob_reg = adv.detach() - nat if nat is not None else None
+            return Terms(base=adv, rob_reg=rob_reg, nat_risk=nat, optimize_rob_reg=False)
+        nat = F.cross_entropy(model(x), y)
+        return Terms(base=nat, rob_reg=adv - nat, nat_risk=nat)
