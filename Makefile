@@ -44,5 +44,9 @@ format: $(VENV)/.test-stamp
 test: lint
 	$(BIN)/python -m pytest -q
 
+# Speed side by side with peers (torchattacks, reference loops): benchmarks/results/latest.{json,md}.
+bench: $(VENV)/.test-stamp
+	$(BIN)/python benchmarks/run.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

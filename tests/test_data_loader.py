@@ -160,3 +160,13 @@ def test_crop_flip_augmentation_is_applied_by_the_loader() -> None:
     assert not torch.equal((x * 255).round().to(torch.uint8), data.train_x)
     # Zero padding shows up as black borders on some images.
     assert bool((x == 0).flatten(1).any(1).any())
+
+
+def test_fused_crop_flip_equals_crop_then_flip() -> None:
+    from robustlab.data.augment import crop_flip
+
+    x = torch.randint(0, 256, (50, 3, 9, 7), dtype=torch.uint8)
+    fused = crop_flip(x, torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    composed = random_flip(random_crop(x, 4, generator), generator)
+    assert torch.equal(fused, composed)

@@ -117,6 +117,14 @@ class PGD(Attack):
             x_adv = x + 0.001 * torch.randn_like(x)
         elif self.random_start:
             x_adv = clip_to_ball(x + self.ball.random_init(x, self.eps), x, self.eps, self.ball)
+        if self.norm == "Linf":
+            # The L-inf ball intersected with the image box is a box: precompute its corners so
+            # each step is one clamp (the same point as projecting, then clipping to [0, 1]).
+            low, high = (x - self.eps).clamp_(min=0.0), (x + self.eps).clamp_(max=1.0)
+            for _ in range(self.steps):
+                grad, _, _ = input_gradient(model, x_adv, y, loss_fn)
+                x_adv = torch.clamp(x_adv + grad.sign_().mul_(self.alpha), low, high)
+            return x_adv
         for _ in range(self.steps):
             grad, _, _ = input_gradient(model, x_adv, y, loss_fn)
             x_adv = clip_to_ball(x_adv + self.ball.step(grad, self.alpha), x, self.eps, self.ball)

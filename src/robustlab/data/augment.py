@@ -22,14 +22,30 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
 
     Equivalent to torchvision's ``RandomCrop(size, padding)`` applied per sample.
     """
+    offsets = torch.randint(
+        0, 2 * padding + 1, (2, x.shape[0]), generator=generator, device=x.device
+    )
+    return _shifted(x, padding, offsets, flip=None)
+
+
+def _shifted(
+    x: torch.Tensor, padding: int, offsets: torch.Tensor, flip: torch.Tensor | None
+) -> torch.Tensor:
+    """Crop every image of the zero-padded batch at its offset, mirrored where ``flip``, in one
+    ``gather`` over the flattened pixels (one index per output pixel, shared by the channels)."""
     batch, channels, height, width = x.shape
+    padded_width = width + 2 * padding
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=x.device)
+    cols = torch.arange(width, device=x.device).expand(batch, width)
+    if flip is not None:
+        cols = torch.where(flip[:, None], width - 1 - cols, cols)
+    cols = cols + offsets[1, :, None]  # B x W
     rows = offsets[0, :, None] + torch.arange(height, device=x.device)  # B x H
-    cols = offsets[1, :, None] + torch.arange(width, device=x.device)  # B x W
-    b = torch.arange(batch, device=x.device)[:, None, None, None]
-    c = torch.arange(channels, device=x.device)[None, :, None, None]
-    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+    index = (rows[:, :, None] * padded_width + cols[:, None, :]).view(batch, 1, height * width)
+    flat = padded.view(batch, channels, -1)
+    return flat.gather(2, index.expand(batch, channels, height * width)).view(
+        batch, channels, height, width
+    )
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -46,8 +62,11 @@ def no_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 @AUGMENTATIONS.register("crop_flip")
 def crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """CIFAR, SVHN, Tiny-ImageNet: 4-pixel zero-padded random crop, then random horizontal flip."""
-    return random_flip(random_crop(x, 4, generator), generator)
+    """CIFAR, SVHN, Tiny-ImageNet: 4-pixel zero-padded random crop, then random horizontal flip
+    (the same draws, and the same images, as ``random_flip(random_crop(x))``, in one gather)."""
+    offsets = torch.randint(0, 9, (2, x.shape[0]), generator=generator, device=x.device)
+    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+    return _shifted(x, 4, offsets, flip)
 
 
 @AUGMENTATIONS.register("crop")

@@ -66,6 +66,33 @@ class StepControls:
 OWN_NAMES = ("nat_risk", "rob_reg", "nat_rob_ratio")
 
 
+def train_step(
+    model: nn.Module,
+    method: TrainingMethod,
+    optimizer: torch.optim.Optimizer,
+    controls: StepControls,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """One training step of any method: its loss (under autocast if asked), the backward pass,
+    the optimizer step (through the gradient scaler for fp16), then the method's after-step hook."""
+    if controls.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with controls.autocast(device):
+        out = method(model, x, y)
+    optimizer.zero_grad(set_to_none=True)
+    if controls.scaler is not None:
+        controls.scaler.scale(out["loss"]).backward()
+        controls.scaler.step(optimizer)
+        controls.scaler.update()
+    else:
+        out["loss"].backward()
+        optimizer.step()
+    method.after_step(model)
+    return out
+
+
 def train_one_epoch(
     model: nn.Module,
     method: TrainingMethod,
@@ -95,19 +122,7 @@ def train_one_epoch(
     device = next(iter(model.parameters())).device
     for i, (x, y) in enumerate(loader.epoch(epoch)):
         lr, eps = controls.apply(epoch + i / iterations, optimizer)
-        if controls.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with controls.autocast(device):
-            out = method(model, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        if controls.scaler is not None:
-            controls.scaler.scale(out["loss"]).backward()
-            controls.scaler.step(optimizer)
-            controls.scaler.update()
-        else:
-            out["loss"].backward()
-            optimizer.step()
-        method.after_step(model)
+        out = train_step(model, method, optimizer, controls, x, y, device)
         batch = len(y)
         seen += batch
         for name, value in out.items():

@@ -1,0 +1,68 @@
+"""The benchmark harness: interleaved timing, statistics, the report (the cases run in `make bench`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_interleaves_alternating_order_after_warmup() -> None:
+    bench = _bench()
+    calls: list[str] = []
+    result = bench.compare(
+        lambda: calls.append("ours"),
+        lambda: calls.append("ref"),
+        repeats=4,
+        device=torch.device("cpu"),
+    )
+    assert calls == ["ours", "ref", "ours", "ref", "ref", "ours", "ours", "ref", "ref", "ours"]
+    assert result["ours"]["runs"] == result["reference"]["runs"] == 4
+    assert result["ours"]["min"] <= result["ours"]["median"] <= result["ours"]["max"]
+    assert result["ratio"] == result["ours"]["median"] / result["reference"]["median"]
+
+
+def test_report_has_a_row_per_case_with_ratio_and_target() -> None:
+    bench = _bench()
+    report = {
+        "profile": "cpu",
+        "machine": bench.machine(),
+        "cases": {
+            "pgd_at": {"description": "step", "ours": bench.stats([1.0, 2.0, 3.0]), "reference": bench.stats([2.0]),
+                       "ratio": 1.0, "target": 1.02, "met": True, "extra": {"clean_step_s": 0.25}},
+            "demo": {"description": "job", "ours": bench.stats([30.0]), "reference": None, "ratio": None, "target": None},
+        },
+    }  # fmt: skip
+    text = bench.markdown(report)
+    assert "torch " + torch.__version__ in text
+    rows = [
+        line
+        for line in text.splitlines()
+        if line.startswith("| pgd_at") or line.startswith("| demo")
+    ]
+    assert "| 2 | 2 | 1.000 | <= 1.02 | yes | clean_step_s 0.25 |" in rows[0]
+    assert "| 30 | - | - | - | - |" in rows[1]
+
+
+def test_data_case_reference_dataset_yields_float_crops_with_their_labels() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import references
+
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    dataset = references.TransformedImages(images, torch.arange(4))
+    torch.manual_seed(0)
+    x, y = dataset[2]
+    assert x.shape == (3, 8, 8) and x.dtype == torch.float32 and int(y) == 2
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
