@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,14 +64,8 @@ MODEL_STATES = ("train", "eval", "mixed")
 TOL = 1e-6  # float32 rounding of x + delta
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """These models are tiny: a second intra-op thread only adds synchronization, and when the
-    two cores are shared with other work it makes every forward pass many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models: one intra-op thread (see the conftest fixture).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _distance(delta: torch.Tensor, norm: str) -> torch.Tensor:

@@ -8,7 +8,6 @@ point-wise identities below are not satisfied vacuously.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -26,14 +25,8 @@ STEPS = 10
 Trained = tuple[nn.Sequential, torch.Tensor, torch.Tensor]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """These models are tiny: a second intra-op thread only adds synchronization, and when the
-    two cores are shared with other work it makes every forward pass many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models: one intra-op thread (see the conftest fixture).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

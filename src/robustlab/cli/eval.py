@@ -16,7 +16,7 @@ import torch
 from .._fraction import parse_number
 from .._io import atomic_write_bytes
 from .._options import accepted_options
-from ..attacks import ATTACKS, Attack, create_attack
+from ..attacks import ATTACKS, Attack, create_attack, model_mode
 from ..config import NORMS, build_config, default_alpha
 from ..errors import ConfigError
 from ..evaluation import STABILITY_LABELS, RobustnessResult, evaluate_robustness, expand_attacks
@@ -299,11 +299,8 @@ def evaluate_model(
     seed_everything(seed)
     sample = images[: min(batch_size, 256)]
     sample_x = sample.float().div(255) if sample.dtype == torch.uint8 else sample
-    model_was_training = [(m, m.training) for m in model.modules()]
-    model.eval()
-    flags += run_pre_checks(model, sample_x, labels[: len(sample)])
-    for module, training in model_was_training:
-        module.training = training
+    with model_mode(model, "eval"):
+        flags += run_pre_checks(model, sample_x, labels[: len(sample)])
     seed_everything(seed)
     stages = expand_attacks(attacks)
     total = sum((len(labels) + batch_size - 1) // batch_size for _ in stages)
