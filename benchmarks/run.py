@@ -204,7 +204,7 @@ def trades_case(args: argparse.Namespace) -> dict[str, Any]:
         else:
             loss = references.trades_loss(model, x, y, 0.007, EPS, 10, 6.0)
         grads = torch.autograd.grad(loss, list(model.parameters()))
-        check[name] = (float(loss), grads)
+        check[name] = (float(loss.detach()), grads)
     pairs = list(zip(check["ours"][1], check["reference"][1], strict=True))
     max_grad_diff = max(float((a - b).abs().max()) for a, b in pairs)
     relative_grad_diff = max(float((a - b).norm() / b.norm().clamp_min(1e-12)) for a, b in pairs)
@@ -345,10 +345,9 @@ def autoattack_case(args: argparse.Namespace) -> dict[str, Any]:
     outcome: dict[str, Any] = {}
 
     def cascade() -> None:
-        result = evaluate_robustness(
-            model, x, y, create_attack("autoattack", eps=eps), stability_labels="true"
-        )
-        outcome["cascade"] = result
+        counted = CountingAttacks(create_attack("autoattack", eps=eps).components)
+        result = evaluate_robustness(model, x, y, counted.attacks, stability_labels="true")
+        outcome["cascade"], outcome["cascade_points"] = result, counted.points
 
     def all_points() -> None:
         robust = torch.ones(len(y), dtype=torch.bool)
