@@ -139,14 +139,14 @@ def test_generalized_at_formula_and_clipping() -> None:
     nat = F.cross_entropy(model(x), y)
     adv = F.cross_entropy(model(attack(model, x, y)), y)
     assert adv > nat  # the attack worked, so with λ = 1 this is CE on x_adv (Madry)
-    assert float(out["loss"]) == pytest.approx(float(adv), rel=1e-5)
-    assert float(out["rob_reg"]) == pytest.approx(float(adv - nat), rel=1e-5)
+    assert float(out["loss"].detach()) == pytest.approx(float(adv.detach()), rel=1e-5)
+    assert float(out["rob_reg"]) == pytest.approx(float((adv - nat).detach()), rel=1e-5)
     # A useless "attack" (x itself, eps 0) makes L_adv - L_nat = 0: clipped, loss = natural risk.
     still = create_method("gat", attack=create_attack("pgd", eps=0.0, steps=1), lam=3.0)(
         model, x, y
     )
-    assert float(still["rob_reg"]) == 0.0 and float(still["loss"]) == pytest.approx(
-        float(nat), rel=1e-6
+    assert float(still["rob_reg"]) == 0.0 and float(still["loss"].detach()) == pytest.approx(
+        float(nat.detach()), rel=1e-6
     )
 
 
