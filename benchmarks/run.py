@@ -582,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         args.aa_points, args.aa_repeats, args.data_images, args.gpu_images = 1000, 3, 50000, 10240
         default_cases = ["pgd_at", "trades", "attacks", "autoattack", "data", "gpu_wrn"]
     else:
-        args.width, args.batch, args.attack_width, args.attack_repeats = 16, 128, 8, 5
+        args.width, args.batch, args.attack_width, args.attack_repeats = 16, 128, 8, 7
         args.aa_points, args.aa_repeats, args.data_images, args.gpu_images = 128, 5, 10000, 0
         default_cases = ["pgd_at", "trades", "attacks", "autoattack", "data", "demo"]
     names = args.case or default_cases
