@@ -12,6 +12,7 @@ Budgets and step sizes accept fractions as papers write them: ``attack.eps = "8/
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import re
 import types
@@ -501,45 +502,25 @@ def _to_float(dotted: str, plain: Any, raw: str | None) -> float:
 # Validation and resolution
 
 
+# Registry-backed keys: the registry's module and how to read its names. Imported lazily, on
+# first validation, because they pull in torch.
+_REGISTRY_NAMES: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
+    "models": (".models", lambda m: m.list_models()),
+    "datasets": (".data", lambda m: m.list_datasets()),
+    "augmentations": (".data", lambda m: ["auto", *m.AUGMENTATIONS.names()]),
+    "methods": (".training", lambda m: m.list_methods()),
+    "schedules": (".training.schedules", lambda m: m.list_schedules()),
+    "lam_schedules": (".training.lam_schedules", lambda m: m.LAMBDA_SCHEDULES.names()),
+    "eps_schedules": (".training.eps_schedules", lambda m: m.list_eps_schedules()),
+    "optimizers": (".training.optim", lambda m: m.OPTIMIZERS.names()),
+    "attack_losses": (".attacks.functional", lambda m: m.LOSSES.names()),
+}
+
+
 def _registry_names(kind: str) -> list[str]:
-    """Names accepted for a registry-backed key; imported lazily (they pull in torch)."""
-    if kind == "models":
-        from .models import list_models
-
-        return list_models()
-    if kind == "datasets":
-        from .data import list_datasets
-
-        return list_datasets()
-    if kind == "augmentations":
-        from .data import AUGMENTATIONS
-
-        return ["auto", *AUGMENTATIONS.names()]
-    if kind == "methods":
-        from .training import list_methods
-
-        return list_methods()
-    if kind == "schedules":
-        from .training.schedules import list_schedules
-
-        return list_schedules()
-    if kind == "lam_schedules":
-        from .training.lam_schedules import LAMBDA_SCHEDULES
-
-        return LAMBDA_SCHEDULES.names()
-    if kind == "eps_schedules":
-        from .training.eps_schedules import list_eps_schedules
-
-        return list_eps_schedules()
-    if kind == "optimizers":
-        from .training.optim import OPTIMIZERS
-
-        return OPTIMIZERS.names()
-    if kind == "attack_losses":
-        from .attacks.functional import LOSSES
-
-        return LOSSES.names()
-    raise KeyError(kind)
+    """Names accepted for a registry-backed key."""
+    module, names = _REGISTRY_NAMES[kind]
+    return names(importlib.import_module(module, __package__))
 
 
 def iter_keys(

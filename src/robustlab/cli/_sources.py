@@ -10,9 +10,8 @@ import importlib
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +43,6 @@ class LoadedModel:
     run_dir: RunDirectory | None = None
     epoch: int | None = None
     normalizes: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,6 @@ class DeviceLoader:
     def __len__(self) -> int:
         return (len(self.labels) + self.batch_size - 1) // self.batch_size
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.labels)
-
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one epoch, reproducible from ``(seed, epoch)``."""
         device = self.images.device

@@ -65,7 +65,6 @@ class RobustnessResult:
     x_adv: torch.Tensor | None = None
     adv_prediction: torch.Tensor | None = None
     flags: list[dict[str, str]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -107,7 +106,6 @@ class RobustnessResult:
                 "max": int(used.max()),
                 "total": int(used.sum()),
             }
-        summary.update(self.extra)
         return summary
 
 

@@ -69,7 +69,6 @@ class Experiment:
     train_model: nn.Module
     fixed_x: torch.Tensor
     fixed_y: torch.Tensor
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_data(config: RunConfig, device: torch.device) -> ImageDataset:
