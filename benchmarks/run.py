@@ -265,7 +265,7 @@ def attacks_case(args: argparse.Namespace) -> dict[str, Any]:
             torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=20),
         ),
         "apgd_ce100": (
-            create_attack("apgd-ce", eps=EPS, n_iter=100),
+            create_attack("apgd-ce", eps=EPS, steps=100),
             torchattacks.APGD(model, eps=EPS, steps=100, loss="ce"),
         ),
     }

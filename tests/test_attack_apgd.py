@@ -73,14 +73,14 @@ def _assert_same_iterates(
 # The step-size schedule.
 
 
-def _paper_checkpoints(n_iter: int) -> list[int]:
-    """Section 3.2: w_j = ceil(p_j * n_iter), p_0 = 0, p_1 = 0.22,
+def _paper_checkpoints(steps: int) -> list[int]:
+    """Section 3.2: w_j = ceil(p_j * steps), p_0 = 0, p_1 = 0.22,
     p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), in exact arithmetic (in floats 0.22 + 0.19
     is 0.41000000000000003, whose ceiling at 100 iterations would be 42)."""
     previous, current = Fraction(0), Fraction(22, 100)
     checkpoints = []
     while current <= 1:
-        checkpoints.append(math.ceil(current * n_iter))
+        checkpoints.append(math.ceil(current * steps))
         previous, current = (
             current,
             current + max(current - previous - Fraction(3, 100), Fraction(6, 100)),
@@ -90,9 +90,9 @@ def _paper_checkpoints(n_iter: int) -> list[int]:
 
 # Budgets where the reference's whole-iteration rounding and the paper's formula agree (they
 # part for others, e.g. 50; we follow the reference there, see ``apgd_checkpoints``).
-@pytest.mark.parametrize("n_iter", [100, 200, 1000])
-def test_checkpoints_follow_the_paper(n_iter: int) -> None:
-    assert apgd_checkpoints(n_iter) == _paper_checkpoints(n_iter)
+@pytest.mark.parametrize("steps", [100, 200, 1000])
+def test_checkpoints_follow_the_paper(steps: int) -> None:
+    assert apgd_checkpoints(steps) == _paper_checkpoints(steps)
 
 
 def test_checkpoints_for_the_published_budget() -> None:
@@ -114,7 +114,7 @@ def _scripted(rows: list[list[float]]) -> nn.Module:
     return loss_fn
 
 
-def _run_scripted(rows: list[list[float]], rho: float = 0.75, n_iter: int = 100) -> torch.Tensor:
+def _run_scripted(rows: list[list[float]], rho: float = 0.75, steps: int = 100) -> torch.Tensor:
     """The step sizes (checkpoints + 1, examples) of APGD on a scripted loss, in units of eps."""
     x = torch.full((len(rows), 1, 1, 10), 0.5)
     y = torch.zeros(len(rows), dtype=torch.long)
@@ -125,7 +125,7 @@ def _run_scripted(rows: list[list[float]], rho: float = 0.75, n_iter: int = 100)
         _scripted(rows),
         eps=0.1,
         ball=threat_model("Linf"),
-        n_iter=n_iter,
+        steps=steps,
         rho=rho,
     )
     return run.step_size / 0.1
@@ -167,7 +167,7 @@ def test_condition_one_halves_at_a_tie() -> None:
 def test_apgd_reports_its_step_sizes(robust_digits_mlp: Data) -> None:
     model, x, y = robust_digits_mlp
     x, y = x[:64], y[:64]
-    attack = create_attack("apgd", eps=LINF_EPS, n_iter=20)
+    attack = create_attack("apgd", eps=LINF_EPS, steps=20)
     attack(model, x, y)
     steps = attack.info["step_size"]
     correct = ~_fooled(model, x, y)
@@ -188,8 +188,8 @@ def test_apgd_reports_its_step_sizes(robust_digits_mlp: Data) -> None:
 def test_later_runs_attack_only_the_points_still_robust(robust_digits_mlp: Data, name: str) -> None:
     model, x, y = robust_digits_mlp
     x, y = x[:96], y[:96]
-    options = {"n_restarts": 3} if name == "apgd" else {"n_target_classes": 3}
-    attack = create_attack(name, eps=LINF_EPS, n_iter=10, **options)
+    options = {"restarts": 3} if name == "apgd" else {"targets": 3}
+    attack = create_attack(name, eps=LINF_EPS, steps=10, **options)
     x_adv = attack(model, x, y)
     attacked = ~torch.isnan(attack.info["step_size"][:, 0])  # (runs, points)
     assert attacked.shape == (3, 96)
@@ -206,9 +206,9 @@ def test_later_runs_attack_only_the_points_still_robust(robust_digits_mlp: Data,
 def test_restarts_never_weaken_the_attack(robust_digits_mlp: Data) -> None:
     model, x, y = robust_digits_mlp
     torch.manual_seed(3)
-    single = create_attack("apgd", eps=LINF_EPS, n_iter=10)(model, x, y)
+    single = create_attack("apgd", eps=LINF_EPS, steps=10)(model, x, y)
     torch.manual_seed(3)  # the first restart draws the same start
-    multi = create_attack("apgd", eps=LINF_EPS, n_iter=10, n_restarts=3)(model, x, y)
+    multi = create_attack("apgd", eps=LINF_EPS, steps=10, restarts=3)(model, x, y)
     fooled_single, fooled_multi = _fooled(model, single, y), _fooled(model, multi, y)
     assert not (fooled_single & ~fooled_multi).any()
     assert torch.equal(single[fooled_single], multi[fooled_single])  # the first success is kept
@@ -219,9 +219,9 @@ def test_presets_are_apgd_with_their_loss(robust_digits_mlp: Data, loss: str) ->
     model, x, y = robust_digits_mlp
     x, y = x[:64], y[:64]
     torch.manual_seed(0)
-    preset = create_attack(f"apgd-{loss}", eps=LINF_EPS, n_iter=10)(model, x, y)
+    preset = create_attack(f"apgd-{loss}", eps=LINF_EPS, steps=10)(model, x, y)
     torch.manual_seed(0)
-    general = create_attack("apgd", eps=LINF_EPS, n_iter=10, loss=loss)(model, x, y)
+    general = create_attack("apgd", eps=LINF_EPS, steps=10, loss=loss)(model, x, y)
     assert torch.equal(preset, general)
     assert create_attack(f"apgd-{loss}").loss == loss
 
@@ -235,8 +235,8 @@ def test_eot_averages_several_gradients_per_iteration(name: str) -> None:
         y = model(x).argmax(1)  # every point correct, so every point is attacked
     calls = []
     model.register_forward_hook(lambda *_: calls.append(1))
-    options = {"n_target_classes": 1} if name == "apgd-t" else {}
-    create_attack(name, eps=1e-4, n_iter=5, eot_iter=3, **options)(model, x, y)
+    options = {"targets": 1} if name == "apgd-t" else {}
+    create_attack(name, eps=1e-4, steps=5, eot_iter=3, **options)(model, x, y)
     # One clean pass, then 3 passes at the start and at each of the 5 iterations (a tiny eps
     # fools nothing, so the single run attacks every point).
     assert len(calls) == 1 + 3 * (5 + 1)
@@ -249,15 +249,15 @@ def test_eot_averages_several_gradients_per_iteration(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "options", "key"),
     [
-        ("apgd", {"n_iter": 0}, "n_iter"),
-        ("apgd", {"n_restarts": -1}, "n_restarts"),
+        ("apgd", {"steps": 0}, "steps"),
+        ("apgd", {"restarts": -1}, "restarts"),
         ("apgd", {"eot_iter": 0}, "eot_iter"),
         ("apgd", {"rho": 0.0}, "rho"),
         ("apgd", {"rho": 1.5}, "rho"),
         ("apgd", {"loss": "cw"}, "loss"),
-        ("apgd-ce", {"n_iter": -5}, "n_iter"),
-        ("apgd-t", {"n_target_classes": 0}, "n_target_classes"),
-        ("apgd-t", {"n_iter": 0}, "n_iter"),
+        ("apgd-ce", {"steps": -5}, "steps"),
+        ("apgd-t", {"targets": 0}, "targets"),
+        ("apgd-t", {"steps": 0}, "steps"),
     ],
 )
 def test_bad_options_are_config_errors(name: str, options: dict, key: str) -> None:
@@ -273,11 +273,9 @@ def _linear(classes: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 def test_too_many_target_classes_is_a_config_error() -> None:
     model, x, y = _linear(10)
-    with pytest.raises(
-        ConfigError, match=r"n_target_classes=10: must be < the number of classes \(10\)"
-    ):
-        create_attack("apgd-t", eps=0.1, n_target_classes=10)(model, x, y)
-    create_attack("apgd-t", eps=0.1, n_iter=2, n_target_classes=9)(model, x, y)  # the default
+    with pytest.raises(ConfigError, match=r"targets=10: must be < the number of classes \(10\)"):
+        create_attack("apgd-t", eps=0.1, targets=10)(model, x, y)
+    create_attack("apgd-t", eps=0.1, steps=2, targets=9)(model, x, y)  # the default
 
 
 def test_dlr_needs_three_classes_and_targeted_dlr_four() -> None:
@@ -286,13 +284,13 @@ def test_dlr_needs_three_classes_and_targeted_dlr_four() -> None:
         create_attack("apgd", eps=0.1, loss="dlr")(model, x, y)
     with pytest.raises(ConfigError, match="DLR needs at least 3 classes"):
         create_attack("apgd-dlr", eps=0.1)(model, x, y)
-    create_attack("apgd", eps=0.1, n_iter=2)(model, x, y)  # CE is fine with two classes
+    create_attack("apgd", eps=0.1, steps=2)(model, x, y)  # CE is fine with two classes
     model, x, y = _linear(3)
-    create_attack("apgd-dlr", eps=0.1, n_iter=2)(model, x, y)
+    create_attack("apgd-dlr", eps=0.1, steps=2)(model, x, y)
     with pytest.raises(ConfigError, match="at least 4 classes"):
-        create_attack("apgd-t", eps=0.1, n_target_classes=2)(model, x, y)
+        create_attack("apgd-t", eps=0.1, targets=2)(model, x, y)
     model, x, y = _linear(4)
-    create_attack("apgd-t", eps=0.1, n_iter=2, n_target_classes=3)(model, x, y)
+    create_attack("apgd-t", eps=0.1, steps=2, targets=3)(model, x, y)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +341,7 @@ def test_apgd_t_matches_torchattacks(robust_digits_mlp: Data) -> None:
     """All 9 target classes, 100 iterations each (~3 s for ours, ~4.5 s for torchattacks)."""
     model, x, y = robust_digits_mlp
     torch.manual_seed(0)
-    ours = create_attack("apgd-t", eps=LINF_EPS, n_target_classes=9)(model, x, y)
+    ours = create_attack("apgd-t", eps=LINF_EPS, targets=9)(model, x, y)
     # torchattacks targets n_classes - 1 classes.
     theirs = torchattacks.APGDT(model, norm="Linf", eps=LINF_EPS, steps=100, n_classes=10, seed=0)(
         x, y

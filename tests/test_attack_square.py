@@ -72,9 +72,9 @@ def test_p_schedule_halves_at_the_reference_breakpoints() -> None:
     # AutoAttack's resc_schedule=False: with a 1000-query budget p never goes below p_init / 16.
     assert min(sq.p_selection(i, P_INIT) for i in range(1000)) == P_INIT / 16
     # resc_schedule=True maps iteration i of n_queries to i * 10000 / n_queries.
-    assert sq.p_selection(1, P_INIT, n_queries=1000) == P_INIT  # 10
-    assert sq.p_selection(2, P_INIT, n_queries=1000) == P_INIT / 2  # 20
-    assert sq.p_selection(999, P_INIT, n_queries=1000) == P_INIT / 512  # 9990
+    assert sq.p_selection(1, P_INIT, queries=1000) == P_INIT  # 10
+    assert sq.p_selection(2, P_INIT, queries=1000) == P_INIT / 2  # 20
+    assert sq.p_selection(999, P_INIT, queries=1000) == P_INIT / 512  # 9990
 
 
 def test_the_schedule_matches_torchattacks() -> None:
@@ -245,7 +245,7 @@ def test_query_accounting(robust_digits_mlp, one_thread, norm: str) -> None:
     n_queries = 150
     eps = REF_LINF_EPS if norm == "Linf" else REF_L2_EPS
     torch.manual_seed(0)
-    attack = create_attack("square", eps=eps, norm=norm, n_queries=n_queries)
+    attack = create_attack("square", eps=eps, norm=norm, queries=n_queries)
     x_adv = attack(counted, x, y)
 
     queries = attack.info["queries"]
@@ -290,7 +290,7 @@ def test_restarts_attack_the_points_still_robust(robust_digits_mlp, one_thread) 
     counted = _CountingModel(model)
     n_queries, n_restarts = 40, 3
     torch.manual_seed(0)
-    attack = create_attack("square", eps=REF_LINF_EPS, n_queries=n_queries, n_restarts=n_restarts)
+    attack = create_attack("square", eps=REF_LINF_EPS, queries=n_queries, restarts=n_restarts)
     x_adv = attack(counted, x, y)
     queries = attack.info["queries"]
     assert queries.max() <= n_queries * n_restarts
@@ -313,7 +313,7 @@ def test_no_gradients_only_forward_passes(
         p.requires_grad_(True)  # a graph would be built if autograd were on
     torch.manual_seed(0)
     attack = create_attack(
-        "square", eps=0.3 if norm == "Linf" else 2.0, norm=norm, n_queries=50, loss=loss
+        "square", eps=0.3 if norm == "Linf" else 2.0, norm=norm, queries=50, loss=loss
     )
     x_adv = attack(trainable, x, y)  # _CountingModel raises if autograd is enabled
     assert trainable.calls > 2
@@ -331,8 +331,8 @@ def test_zero_budget_returns_the_input_after_the_clean_check(robust_digits_mlp) 
 @pytest.mark.parametrize(
     "options",
     [
-        {"n_queries": 0},
-        {"n_restarts": 0},
+        {"queries": 0},
+        {"restarts": 0},
         {"p_init": 0.0},
         {"p_init": 1.5},
         {"loss": "dlr"},
@@ -393,7 +393,7 @@ def test_robust_accuracy_against_torchattacks(
     assert 0.05 < theirs < clean - 0.1  # the comparison means something
 
     torch.manual_seed(0)
-    attack = create_attack("square", eps=eps, norm=norm, n_queries=REF_QUERIES)
+    attack = create_attack("square", eps=eps, norm=norm, queries=REF_QUERIES)
     ours = _accuracy(model, attack(model, x, y), y)
     assert ours <= theirs + 0.02, (ours, theirs)
 

@@ -9,7 +9,9 @@ torchattacks' FGSM, PGD and PGDL2, which compute the same iterates.
 
 from __future__ import annotations
 
+import argparse
 import copy
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable
@@ -24,9 +26,20 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
 
-from robustlab.attacks import ATTACKS, LOSSES, clip_to_ball, create_attack, list_attacks
+from robustlab._options import accepted_options
+from robustlab.attacks import (
+    ATTACKS,
+    LOSSES,
+    RENAMED_OPTIONS,
+    clip_to_ball,
+    create_attack,
+    list_attacks,
+)
 from robustlab.attacks import functional as fn
 from robustlab.attacks.pgd import PGD
+from robustlab.cli import eval as eval_cli
+from robustlab.cli._sources import LoadedModel
+from robustlab.config import AttackConfig, EvalConfig
 from robustlab.errors import AttackInputError, ConfigError, UnknownNameError
 
 ATTACK_NAMES = list_attacks()
@@ -34,14 +47,14 @@ ATTACK_NAMES = list_attacks()
 # published ones (100 iterations x 9 targets, 5,000 queries) would take minutes here. Each
 # attack's own test file checks it at the published budget against torchattacks.
 FAST_KWARGS: dict[str, dict[str, Any]] = {
-    "apgd": {"n_iter": 10},
-    "apgd-ce": {"n_iter": 10},
-    "apgd-dlr": {"n_iter": 10},
-    "apgd-t": {"n_iter": 10, "n_target_classes": 3},
-    "fab": {"n_iter": 10},
-    "fab-t": {"n_iter": 10, "n_target_classes": 3},
-    "square": {"n_queries": 100},
-    "autoattack": {"n_iter": 5, "n_queries": 50},
+    "apgd": {"steps": 10},
+    "apgd-ce": {"steps": 10},
+    "apgd-dlr": {"steps": 10},
+    "apgd-t": {"steps": 10, "targets": 3},
+    "fab": {"steps": 10},
+    "fab-t": {"steps": 10, "targets": 3},
+    "square": {"queries": 100},
+    "autoattack": {"steps": 5, "queries": 50},
 }
 
 
@@ -323,7 +336,7 @@ def test_bad_options_are_config_errors(name: str, options: dict[str, Any]) -> No
         create_attack(name, **options)
 
 
-COUNT_OPTIONS = ("steps", "restarts", "n_iter", "n_restarts", "n_queries", "n_target_classes")
+COUNT_OPTIONS = ("steps", "restarts", "queries", "targets")
 
 
 @pytest.mark.parametrize("value", [0, -1])
@@ -357,6 +370,86 @@ def test_unknown_option_is_a_config_error(name: str) -> None:
     message = str(info.value)
     assert f"attack[{name}].epsilon" in message
     assert "eps" in message  # the options the attack does take are listed
+
+
+# ---------------------------------------------------------------------------------------------
+# One vocabulary of options: every attack, the CLI flags and the config keys use the same names.
+
+# Synonyms of the canonical names (AutoAttack's, torchattacks', and common spellings): no
+# registered attack may take one, so that a concept never has two keywords.
+SYNONYMS = {
+    "steps": ("n_iter", "n_iters", "iters", "iterations", "n_steps", "num_steps", "max_iter"),
+    "restarts": ("n_restarts", "num_restarts", "n_starts"),
+    "queries": ("n_queries", "num_queries", "max_queries", "budget"),
+    "targets": ("n_target_classes", "n_targets", "num_targets", "target_classes"),
+}
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_attack_constructors_use_the_canonical_vocabulary(name: str) -> None:
+    taken = set(accepted_options(ATTACKS.get(name)))
+    for canonical, synonyms in SYNONYMS.items():
+        assert not taken & set(synonyms), f"{name} takes {taken & set(synonyms)}: use {canonical!r}"
+
+
+@pytest.mark.parametrize(("old", "new"), list(RENAMED_OPTIONS.items()))
+def test_an_old_option_name_points_to_its_new_name(old: str, new: str) -> None:
+    name = next(n for n in ATTACK_NAMES if _takes(n, new))
+    with pytest.raises(ConfigError, match=rf"attack\[{name}\]\.{old}=7: renamed to '{new}'"):
+        create_attack(name, eps=0.1, **{old: 7})
+
+
+def _cli_attacks(name: str, *flags: str) -> dict[str, Any]:
+    """The attacks ``robustlab eval MODEL --attack NAME --eps 0.1 FLAGS`` builds, for a model
+    from outside a run (so that only the command line sets options)."""
+    parser = argparse.ArgumentParser()
+    eval_cli.add_arguments(parser)
+    args = parser.parse_args(["model.pt", "--attack", name, "--eps", "0.1", *flags])
+    return eval_cli.build_attacks(args, LoadedModel(model=nn.Identity(), source="model.pt"))
+
+
+# A value for each flag that no attack has as its default, so that a flag taking effect shows.
+CLI_VALUES = {"steps": 7, "restarts": 3, "alpha": 0.0125, "queries": 77, "targets": 2}
+
+
+@pytest.mark.parametrize("option", eval_cli.ATTACK_OPTIONS)
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_each_cli_flag_sets_the_keyword_of_the_same_name(name: str, option: str) -> None:
+    value = CLI_VALUES.get(option)
+    if option == "version":
+        value = "plus"
+    flag = eval_cli.OPTION_FLAGS[option]
+    if not _takes(name, option):
+        with pytest.raises(ConfigError, match=f"{flag}=.*: {name} takes no such setting"):
+            _cli_attacks(name, flag, str(value))
+        return
+    (attack,) = _cli_attacks(name, flag, str(value)).values()
+    assert getattr(attack, option) == value
+    assert getattr(create_attack(name, eps=0.1, **{option: value}), option) == value
+
+
+def test_cli_flags_are_named_as_the_keywords_they_set() -> None:
+    """Each attack flag of ``robustlab eval`` is ``--KEYWORD`` (AutoAttack's ``--aa-version``
+    excepted, so as not to read as the program's version) and stores into ``KEYWORD``."""
+    parser = argparse.ArgumentParser()
+    eval_cli.add_arguments(parser)
+    dest = {flag: action.dest for action in parser._actions for flag in action.option_strings}
+    for option in eval_cli.ATTACK_OPTIONS:
+        flag = eval_cli.OPTION_FLAGS[option]
+        assert dest[flag] == option
+        assert flag == f"--{option}" or option == "version", flag
+
+
+def test_every_cli_flag_and_count_option_has_a_taker() -> None:
+    """No CLI flag is dead, and every count an attack takes can be set from the command line
+    and has a config key of the same name where the run's attack has it."""
+    taken = {option for name in ATTACK_NAMES for option in accepted_options(ATTACKS.get(name))}
+    assert set(eval_cli.ATTACK_OPTIONS) <= taken
+    assert set(COUNT_OPTIONS) <= set(eval_cli.ATTACK_OPTIONS)
+    config_keys = {f.name for f in dataclasses.fields(AttackConfig)} | {
+        f.name for f in dataclasses.fields(EvalConfig)
+    }
+    assert {"steps", "restarts", "alpha"} <= config_keys
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -124,7 +126,7 @@ def test_state_saved_mid_cascade_resumes_to_the_same_result(
     resumed = run_cascade(model, x, y, rerun, batch_size=50, state=saved)
     assert torch.equal(resumed.stable, full.stable) and resumed.per_attack == full.per_attack
     assert torch.allclose(resumed.x_adv, full.x_adv)
-    with pytest.raises(RunError, match="other attacks"):
+    with pytest.raises(RunError, match="other test inputs"):
         run_cascade(
             model, x[:100], y[:100], attacks(), batch_size=50, state=CascadeState.load(path)
         )
@@ -156,20 +158,16 @@ def test_mixed_threat_models_are_rejected() -> None:
 def test_autoattack_versions_expand_to_their_published_components() -> None:
     standard = create_attack("autoattack", eps=8 / 255)
     assert list(standard.components) == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    assert standard.components["apgd-t"].n_target_classes == 9
-    assert standard.components["fab-t"].n_target_classes == 9
-    assert standard.components["square"].n_queries == 5000
-    assert all(standard.components[n].n_iter == 100 for n in ("apgd-ce", "apgd-t", "fab-t"))
+    assert standard.components["apgd-t"].targets == 9
+    assert standard.components["fab-t"].targets == 9
+    assert standard.components["square"].queries == 5000
+    assert all(standard.components[n].steps == 100 for n in ("apgd-ce", "apgd-t", "fab-t"))
     assert list(expand_attacks(standard)) == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    fewer = create_attack("autoattack", n_target_classes=4)
-    assert (
-        fewer.components["apgd-t"].n_target_classes
-        == fewer.components["fab-t"].n_target_classes
-        == 4
-    )
+    fewer = create_attack("autoattack", targets=4)
+    assert fewer.components["apgd-t"].targets == fewer.components["fab-t"].targets == 4
     plus = create_attack("autoattack", version="plus")
     assert list(plus.components) == [name for name, _ in VERSIONS["plus"]]
-    assert plus.components["apgd-ce"].n_restarts == 5
+    assert plus.components["apgd-ce"].restarts == 5
     rand = create_attack("autoattack", version="rand")
     assert [a.eot_iter for a in rand.components.values()] == [20, 20]
     custom = create_attack(
@@ -188,7 +186,7 @@ def test_autoattack_cascade_is_at_most_each_of_its_attacks(robust_digits_mlp, on
     """The ensemble's robust accuracy is the point-wise worst case: never above any member's."""
     model, x, y = robust_digits_mlp
     x, y = x[:150], y[:150]
-    kwargs = {"eps": EPS, "n_iter": 20, "n_queries": 300}
+    kwargs = {"eps": EPS, "steps": 20, "queries": 300}
     torch.manual_seed(0)
     ensemble = evaluate_robustness(model, x, y, create_attack("autoattack", **kwargs))
     per_attack = list(ensemble.per_attack.values())
@@ -215,14 +213,14 @@ def test_autoattack_called_directly_returns_the_worst_case_examples(
 ) -> None:
     model, x, y = robust_digits_mlp
     x, y = x[:64], y[:64]
-    attack = create_attack("autoattack", eps=EPS, n_iter=10, n_queries=100)
+    attack = create_attack("autoattack", eps=EPS, steps=10, queries=100)
     x_adv = attack(model, x, y)
     assert (x_adv - x).abs().amax() <= EPS + 1e-6
     with torch.no_grad():
         robust = model(x_adv).argmax(1) == y
     torch.manual_seed(0)
     cascade = evaluate_robustness(
-        model, x, y, create_attack("autoattack", eps=EPS, n_iter=10, n_queries=100)
+        model, x, y, create_attack("autoattack", eps=EPS, steps=10, queries=100)
     )
     assert abs(float(robust.float().mean()) - cascade.robust_accuracy) <= 0.05
     assert attack.info["queries"].shape == (64,)
@@ -280,3 +278,114 @@ def test_black_box_gap_check() -> None:
     flag = check_black_box_gap({"apgd-ce": 0.5, "apgd-t": 0.45, "square": 0.40})
     assert flag.code == "black_box_stronger" and "5.0 points" in flag.message
     assert check_black_box_gap({"square": 0.1}) is None  # nothing white-box to compare with
+
+
+def _fgsm_state(tmp_path, model, x, y, **kwargs):
+    path = tmp_path / "state.pt"
+    evaluate_robustness(model, x, y, create_attack("fgsm", eps=EPS), state_path=path, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("weights", "another model"),
+        ("buffers", "another model"),
+        ("inputs", "other test inputs"),
+        ("labels", "other labels"),
+        ("seed", "another --seed"),
+        ("attack", "other attacks"),
+    ],
+)
+def test_a_state_resumes_only_for_what_it_was_saved_for(
+    tmp_path, robust_digits_mlp, one_thread, change, message
+) -> None:
+    model, x, y = robust_digits_mlp
+    x, y = x[:40], y[:40]
+    path = _fgsm_state(tmp_path, model, x, y, seed=0)
+    other, seed, attack = copy.deepcopy(model), 0, create_attack("fgsm", eps=EPS)
+    if change == "weights":  # one weight, by one float32 step
+        weight = next(other.parameters())
+        weight.view(-1)[0] = torch.nextafter(weight.view(-1)[0], torch.tensor(1.0))
+    elif change == "buffers":
+        other.normalize.mean += 1e-3  # the normalization layer's mean is a buffer
+    elif change == "inputs":
+        x = x.flip(0)
+        y = y.flip(0)
+    elif change == "labels":
+        y = (y + 1) % 10
+    elif change == "seed":
+        seed = 1
+    else:
+        attack = create_attack("fgsm", eps=EPS, random_start=True)
+    with pytest.raises(RunError, match=message) as error:
+        evaluate_robustness(other, x, y, attack, state_path=path, seed=seed)
+    assert len(str(error.value).splitlines()) == 1 and str(path) in str(error.value)
+
+
+def test_the_same_weights_in_another_object_resume(tmp_path, robust_digits_mlp) -> None:
+    model, x, y = robust_digits_mlp
+    path = _fgsm_state(tmp_path, model, x[:40], y[:40])
+    first = CascadeState.load(path)
+    again = evaluate_robustness(
+        copy.deepcopy(model), x[:40], y[:40], create_attack("fgsm", eps=EPS), state_path=path
+    )
+    assert again.robust.tolist() == first.robust.tolist()
+
+
+class RecordingProgress:
+    """A StageProgress that records what the cascade reports."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def __call__(self, n: int = 1) -> None:
+        self.events.append(("done", n))
+
+    def stage(self, name: str) -> None:
+        self.events.append(("stage", name))
+
+    def pulse(self, **postfix: float) -> None:
+        self.events.append(("pulse", postfix["model_calls"]))
+
+
+def test_progress_names_each_attack_and_moves_inside_its_batches(
+    robust_digits_mlp, one_thread
+) -> None:
+    model, x, y = robust_digits_mlp
+    x, y = x[:120], y[:120]
+    attacks = {
+        "fgsm": create_attack("fgsm", eps=0.3),
+        "pgd": create_attack("pgd", eps=0.3, steps=4),
+    }
+    progress = RecordingProgress()
+    state = run_cascade(model, x, y, attacks, batch_size=50, progress=progress)
+    stages = [value for kind, value in progress.events if kind == "stage"]
+    assert stages == ["fgsm (1/2)", "pgd (2/2)"]
+    during_pgd = progress.events[progress.events.index(("stage", "pgd (2/2)")) :]
+    pulses = [value for kind, value in during_pgd if kind == "pulse"]
+    # pgd runs on the points FGSM left stable: 4 steps + its final forward pass per batch, at least.
+    pgd_batches = -(-int((state.fooled_by != 0).sum()) // 50)  # points FGSM left stable
+    assert len(pulses) >= 4 * pgd_batches and pulses == sorted(pulses)
+    # Batches count as if every attack ran on every point: the ones pgd needs no more are skipped.
+    assert sum(value for kind, value in progress.events if kind == "done") == 2 * 3
+    assert 0 < pgd_batches < 3  # at eps 0.3 FGSM fools enough points to spare pgd a batch
+
+
+def test_progress_bar_draws_the_attack_and_the_model_calls() -> None:
+    import io
+
+    from robustlab.progress import Progress, StageProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    bar = Progress(4, "eval", stream=stream, interval=0.0)
+    assert isinstance(bar, StageProgress)
+    bar.stage("apgd-t (2/4)")
+    bar.pulse(model_calls=312)
+    assert bar.count == 0  # a pulse does not advance
+    last = stream.getvalue().split("\r")[-1]
+    assert "apgd-t (2/4)" in last and "model calls 312" in last and "0/4" in last

@@ -105,7 +105,9 @@ def test_runs_and_show_tables(trained, capsys) -> None:
     assert trained["run_id"] in out and "synthetic" in out and "3/3" in out
     assert main(["runs", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["runs"]
-    assert row["status"] == "finished" and row["test_rob_acc"] == trained["final"]["test_rob_acc"]
+    last = trained["selection"]["last"]
+    assert row["status"] == "finished" and row["rob_acc"] == last["robust_accuracy"]
+    assert row["measured"] == "last@3 pgd-3 Linf ε=0.1 test" == last["label"]
     assert main(["show", trained["run_id"][:12]]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") >= 5 and "test rob" in out
@@ -113,18 +115,32 @@ def test_runs_and_show_tables(trained, capsys) -> None:
     assert trained["run_id"] in capsys.readouterr().out
 
 
+def _untimed_metrics(run_dir) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in lines]
+
+
 def test_demo_runs_both_methods_and_prints_the_table(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
-    code = main(
-        ["demo", "--epochs", "2", "--set", "model.width=32", "--set", "eval.n_train=0", "--quiet"]
-    )
-    assert code == 0
+    settings = ["model.width=32", "eval.n_train=0"]
+    assert main(["demo", "--epochs", "2", *_sets(settings), "--quiet"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
     assert lines[header + 2].startswith("clean") and lines[header + 3].startswith("pgd_at")
     assert "natural acc" in out and "robust acc" in out and "stability" in out
+    # Point 14: each robust accuracy says what it measured (weights, attack, threat model, split).
+    assert "measured" in lines[header]
+    assert lines[header + 2].endswith("last@2 pgd-50x3 Linf ε=0.2 test")
+    assert lines[header + 3].endswith("last@2 pgd-50x3 Linf ε=0.2 test")
+    assert lines[header - 1].startswith("digits, mlp width 32, PGD-50 x 3 restarts")
     assert len(list((tmp_path / "runs" / "demo").iterdir())) == 2
+    # Point 17: the demo's second run equals `train` of the same config and seed (it used to
+    # inherit the random state the first run left behind).
+    (demo_run,) = (tmp_path / "runs" / "demo").glob("*-pgd_at-*")
+    train = ["method.name=pgd_at", "train.epochs=2", *settings]
+    assert main(["train", *_sets(train), "--out", "alone", "--quiet"]) == 0
+    assert _untimed_metrics(tmp_path / "alone") == _untimed_metrics(demo_run)
 
 
 def test_python_dash_m_entry_point(tmp_path) -> None:
@@ -135,3 +151,67 @@ def test_python_dash_m_entry_point(tmp_path) -> None:
         [sys.executable, "-m", "robustlab", "--version"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout.startswith("robustlab ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Point 14: every robust accuracy is printed with what it measured, and listed once.
+
+
+def test_tables_label_each_robust_accuracy(trained, tmp_path, capsys) -> None:
+    label = "last@3 pgd-3 Linf ε=0.1 test"  # fast_run: eval.steps=3, eval.eps=0.1
+    assert main(["train", "--resume", "run", "--quiet"]) == 0  # a finished run: nothing to train
+    train_table = capsys.readouterr().out
+    assert label in train_table and "best@" in train_table and "measured" in train_table
+    assert main(["runs"]) == 0
+    assert label in capsys.readouterr().out
+    assert main(["show", "run"]) == 0
+    shown = capsys.readouterr().out
+    assert "per epoch: pgd-3 Linf ε=0.1 on train[:64], val, test" in shown
+    evaluations = shown[shown.index("\nevaluations") :]
+    assert "measured" in evaluations and label in evaluations
+    assert main(["eval", "run", "--steps", "7", "--restarts", "2", "--n", "50", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["show", "run"]) == 0
+    assert "last@3 pgd-7x2 Linf ε=0.1 test[:50]" in capsys.readouterr().out
+
+
+def test_show_lists_one_evaluation_once(trained, capsys) -> None:
+    """Resuming a finished run re-ran its final evaluation and stored it a second time, and
+    `eval RUN` measured last@N under the same attack again with a different random stream:
+    one measurement, up to three rows and two numbers. Now the final evaluation is seeded as
+    `eval --seed` is, and the store keeps one row per measurement."""
+    assert main(["show", "run", "--json"]) == 0
+    before = json.loads(capsys.readouterr().out)["evaluations"]
+    assert [e["source"].split("@")[0] for e in before] == ["last", "best"]
+    assert main(["train", "--resume", "run", "--quiet", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "run", "--json"]) == 0  # the run's own attack, seed 0, whole test set
+    evaluated = json.loads(capsys.readouterr().out)
+    assert main(["show", "run", "--json"]) == 0
+    after = json.loads(capsys.readouterr().out)["evaluations"]
+    labels = [e["label"] for e in after]
+    assert len(labels) == len(set(labels)) == 2, labels
+    last = next(e for e in after if e["source"].startswith("last"))
+    first_last = next(e for e in before if e["source"].startswith("last"))
+    assert evaluated["robust_accuracy"] == last["robust_accuracy"] == first_last["robust_accuracy"]
+    assert evaluated["perturbation_stability"] == first_last["perturbation_stability"]
+
+
+def test_labels_name_attack_steps_restarts_eps_and_split() -> None:
+    from robustlab.attacks import create_attack
+    from robustlab.report import attack_settings, evaluation_label, format_eps
+
+    attacks = {
+        "pgd": create_attack("pgd", eps=8 / 255, steps=50, restarts=3),
+        "square": create_attack("square", eps=8 / 255, queries=1000),
+    }
+    settings = attack_settings(attacks)
+    assert evaluation_label("best@12", settings, "Linf", 8 / 255, "test[:1000]") == (
+        "best@12 pgd-50x3+square-1000q Linf ε=8/255 test[:1000]"
+    )
+    auto = attack_settings({"autoattack": create_attack("autoattack", eps=0.5, norm="L2")})
+    assert (
+        evaluation_label("last@30", auto, "L2", 0.5) == "last@30 autoattack-standard L2 ε=0.5 test"
+    )
+    assert format_eps(0.2) == "0.2" and format_eps(0.0314) == "0.0314"
+    assert evaluation_label(None, None, "Linf", 0.1, attack="pgd") == "pgd Linf ε=0.1 test"

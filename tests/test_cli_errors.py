@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -326,3 +327,121 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
         timeout=120,
     )
     _check_process(result, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Point 11: stores, devices and output locations that cannot be used; closed pipes
+
+
+@pytest.fixture
+def not_sqlite(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.db"
+    path.write_text("these are notes, not a database\n")
+    return path
+
+
+@pytest.mark.parametrize("command", [["runs"], ["show", "somerun"]])
+def test_a_store_that_is_not_sqlite(rejects, not_sqlite: Path, command: list[str]) -> None:
+    rejects([*command, "--store", not_sqlite.name], "--store", "notes.db", "not a results store")
+
+
+def test_train_with_a_store_that_is_not_sqlite(rejects, not_sqlite: Path) -> None:
+    # Refused before the run directory is made (rejects checks nothing was written).
+    rejects(
+        ["train", *_sets(TINY_RUN), "--out", "r", "--store", "notes.db"],
+        "--store",
+        "notes.db",
+        "not a results store",
+    )
+
+
+def test_a_store_of_another_program(rejects, tmp_path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "other.db") as db:
+        db.execute("CREATE TABLE contacts (name TEXT)")
+    before = (tmp_path / "other.db").read_bytes()
+    rejects(["runs", "--store", "other.db"], "other.db", "contacts", "not a robustlab")
+    rejects(["train", *_sets(TINY_RUN), "--out", "r", "--store", "other.db"], "other.db")
+    assert (tmp_path / "other.db").read_bytes() == before
+
+
+def test_a_store_that_is_a_directory(rejects, tmp_path: Path) -> None:
+    (tmp_path / "adir").mkdir()
+    rejects(["runs", "--store", "adir"], "--store", "adir", "is a directory")
+    rejects(["train", *_sets(TINY_RUN), "--out", "r", "--store", "adir"], "adir", "directory")
+
+
+def test_eval_rejects_an_unknown_device(rejects, trained_run: Path) -> None:
+    # train checked `device`; eval passed --device straight to torch.device (a traceback).
+    rejects(["eval", str(trained_run), "--device", "gpu"], "--device", "gpu", "auto, cpu, cuda")
+
+
+def test_train_out_that_is_a_file(rejects, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file\n")
+    rejects(["train", *_sets(TINY_RUN), "--out", "taken"], "--out", "taken", "is a file")
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--out", "blocker/run"], "--out"),
+        (["--out", "r", "--store", "blocker/sub/store.db"], "--store"),
+    ],
+)
+def test_train_outputs_that_cannot_be_created(
+    rejects, tmp_path: Path, flags: list[str], fragment: str
+) -> None:
+    # A regular file where a directory must be made: refused even for root (tests run as
+    # root, for whom a read-only directory is no obstacle).
+    (tmp_path / "blocker").write_text("a file\n")
+    rejects(["train", *_sets(TINY_RUN), *flags], fragment, "blocker", "is a file")
+
+
+def test_demo_out_that_cannot_be_created(rejects, tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file\n")
+    rejects(["demo", "--epochs", "1", "--out", "blocker/demo"], "--out", "blocker", "is a file")
+
+
+def test_train_out_in_a_read_only_directory(
+    rejects, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tests run as root, who may write into a read-only directory: simulate one for the check.
+    import robustlab.rundir
+
+    (tmp_path / "locked").mkdir()
+    locked = str(tmp_path / "locked")
+    real_access = os.access
+    monkeypatch.setattr(
+        robustlab.rundir.os,
+        "access",
+        lambda path, mode: str(path) != locked and real_access(path, mode),
+    )
+    rejects(["train", *_sets(TINY_RUN), "--out", "locked/run"], "--out", "not writable")
+
+
+def _with_closed_stdout(argv: list[str], cwd: Path) -> tuple[int, str]:
+    """Run the CLI with stdout a pipe whose reader has already gone, as `| head -1` is once
+    head has its line: every write fails with EPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "robustlab", *argv],
+            cwd=cwd,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize("argv", [["config", "--keys"], ["show", "RUN", "--store", "STORE"]])
+def test_a_closed_pipe_ends_quietly(tmp_path: Path, trained_run: Path, argv: list[str]) -> None:
+    store = trained_run.parent / "store.db"
+    argv = [{"RUN": str(trained_run), "STORE": str(store)}.get(a, a) for a in argv]
+    code, err = _with_closed_stdout(argv, tmp_path)
+    assert (code, err) == (0, "")

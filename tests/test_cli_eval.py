@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 
 import pytest
 import torch
 
+from robustlab.cli._sources import parse_model_args
 from robustlab.cli.main import main
 from robustlab.data import create_dataset
+from robustlab.evaluation import RobustnessResult
 from robustlab.models import create_model
 from robustlab.store import ResultsStore
 
@@ -59,11 +62,43 @@ def test_a_cascade_reports_per_attack_and_the_worst_case(trained, capsys) -> Non
     assert stored["details"]["per_attack"] == per_attack
 
 
-def test_table_output_lists_each_attack(trained, capsys) -> None:
+def test_table_output_lists_each_attack_and_the_perturbation_norms(trained, capsys) -> None:
     assert main(["eval", "run", "--attack", "pgd,fgsm", "--quiet"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["attack", "robust", "acc", "stability", "seconds"]
-    assert [line.split()[0] for line in out[2:]] == ["(natural)", "pgd", "fgsm", "overall"]
+    assert [line.split()[0] for line in out[2:-1]] == ["(natural)", "pgd", "fgsm", "overall"]
+    norms = re.fullmatch(r"perturbation norm \(Linf, eps 0\.1\): mean (\S+), max (\S+)", out[-1])
+    assert norms and 0 < float(norms[1]) <= float(norms[2]) <= 0.1 + 1e-6
+
+
+def test_the_header_comes_before_the_work(trained, monkeypatch) -> None:
+    import robustlab.cli.eval as eval_command
+
+    events: list[str] = []
+    attack = eval_command.evaluate_robustness
+    monkeypatch.setattr(eval_command, "info", lambda message: events.append(message))
+    monkeypatch.setattr(
+        eval_command,
+        "evaluate_robustness",
+        lambda *args, **kwargs: events.append("attacking") or attack(*args, **kwargs),
+    )
+    assert main(["eval", "run", "--attack", "pgd,fgsm", "--n", "30", "--quiet"]) == 0
+    header = events[0]
+    assert events.index("attacking") == 1
+    assert header == (
+        f"run {trained['run_id']} last@3 on synthetic (30 test points): pgd, fgsm at Linf eps 0.1"
+    )
+
+
+def test_mean_perturbation_norm_never_exceeds_the_max() -> None:
+    # Ten equal float32 norms of 0.1: their float32 mean rounds to 0.10000000894 > 0.10000000149.
+    norms = torch.full((10,), 0.1)
+    assert float(norms.mean()) > float(norms.max())  # the float32 failure this guards against
+    flags = torch.ones(10, dtype=torch.bool)
+    result = RobustnessResult(flags, flags, flags, norms, seconds=0.0)
+    summary = result.summary()
+    assert summary["mean_perturbation_norm"] <= summary["max_perturbation_norm"]
+    assert summary["mean_perturbation_norm"] == summary["max_perturbation_norm"]
 
 
 def test_checkpoint_file_and_save_adv(trained, tmp_path, capsys) -> None:
@@ -83,6 +118,26 @@ def test_state_file_resumes_a_finished_evaluation(trained, tmp_path, capsys) -> 
     assert again["per_attack"] == first["per_attack"]
     assert main(["eval", "run", "--attack", "pgd", "--state", "state.pt"]) == 2  # other attacks
     assert "other attacks" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--checkpoint", "best"], "another model"),  # best (epoch 1) is not last (epoch 3)
+        (["--n", "100"], "other test inputs"),
+        (["--seed", "1"], "another --seed"),
+        (["--stability-labels", "true"], "another --stability-labels"),
+    ],
+)
+def test_a_state_file_is_refused_for_another_model_data_or_seed(
+    trained, capsys, args, fragment
+) -> None:
+    _eval(capsys, "run", "--attack", "fgsm", "--state", "state.pt")
+    code = main(["eval", "run", "--attack", "fgsm", "--state", "state.pt", *args, "--json"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert fragment in captured.err and "state.pt" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
 
 
 def _external_model(tmp_path) -> torch.nn.Module:
@@ -150,8 +205,11 @@ def test_module_function_source_and_train_mode_flag(tmp_path, monkeypatch, capsy
         (["run", "--mean", "0.5", "--std", "0.5"], "normalizes its inputs itself"),
         (["nowhere.pt"], "not found"),
         (["nomodule:fn", "--data", "digits", "--eps", "0.1"], "cannot import"),
-        (["run", "--attack", "autoattack", "--version", "fast"], "version"),
-        (["run", "--attack", "pgd", "--version", "plus"], "pgd takes no such setting"),
+        (["run", "--attack", "autoattack", "--aa-version", "fast"], "version"),
+        (
+            ["run", "--attack", "pgd", "--aa-version", "plus"],
+            "--aa-version='plus': pgd takes no such setting",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(trained, tmp_path, capsys, args, fragment) -> None:
@@ -182,8 +240,8 @@ def test_apgd_t_with_too_many_targets_is_rejected(trained, capsys) -> None:
     from robustlab.attacks import create_attack
     from robustlab.errors import ConfigError
 
-    attack = create_attack("apgd-t", eps=0.1, n_target_classes=10)
-    with pytest.raises(ConfigError, match="n_target_classes"):
+    attack = create_attack("apgd-t", eps=0.1, targets=10)
+    with pytest.raises(ConfigError, match="targets=10"):
         attack(
             torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10)),
             torch.rand(2, 1, 2, 2),
@@ -203,3 +261,140 @@ def test_autoattack_on_fewer_classes_needs_fewer_targets(
     assert "pass --targets 4" in capsys.readouterr().err
     result = _eval(capsys, "five", *budget, "--targets", "4")
     assert list(result["per_attack"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+MISFITS = """
+import torch
+from torch import nn
+
+
+def cifar_sized():  # 32x32 grey images flattened: 1024 features, digits has 64
+    return nn.Sequential(nn.Flatten(), nn.Linear(1024, 10)).eval()
+
+
+def colour():  # three input channels, digits has one
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+
+
+def five_classes():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 5)).eval()
+
+
+def flat_output():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Flatten(0)).eval()
+"""
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(
+    ("model", "fragments"),
+    [
+        ("misfits:cifar_sized", ["(2, 1, 8, 8)", "takes 1024 features, the data has 64"]),
+        ("misfits:colour", ["(2, 1, 8, 8)", "takes 3 channels, the data has 1"]),
+        ("misfits.ts", ["(2, 1, 8, 8)", "takes 3 channels", "expected input[2, 1, 8, 8]"]),
+        ("misfits:five_classes", ["returns (2, 5)", "expected logits of shape (2, 10)"]),
+        ("misfits:flat_output", ["returns (20,)", "digits has 10 classes"]),
+    ],
+)
+def test_a_model_that_does_not_fit_the_data_is_one_line(
+    tmp_path, monkeypatch, capsys, model, fragments
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "misfits.py").write_text(MISFITS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    if model.endswith(".ts"):
+        import misfits
+
+        torch.jit.script(misfits.colour()).save(str(tmp_path / model))
+    code = main(["eval", model, "--data", "digits", "--eps", "0.1", "--n", "20"])
+    captured = capsys.readouterr()
+    sys.modules.pop("misfits", None)
+    assert code == 2 and captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    assert captured.err.startswith(f"robustlab eval: error: model='{model}': ")
+    for fragment in fragments:
+        assert fragment in captured.err
+
+
+ZOO = """
+import torch
+from torch import nn
+
+CALLS = []
+
+
+def load_model(model_name, dataset="cifar10", threat_model="Linf", width=8):
+    # The shape of RobustBench's loader: keyword arguments only, no wrapper needed.
+    CALLS.append(dict(model_name=model_name, dataset=dataset, threat_model=threat_model, width=width))
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10)).eval()
+"""
+
+
+def test_module_function_takes_keyword_arguments(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "zoo.py").write_text(ZOO)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model_args = [
+        "model_name=Carmon2019Unlabeled",
+        "dataset=digits",
+        "threat_model=Linf",
+        "width=16",
+    ]
+    sets = [part for arg in model_args for part in ("--model-arg", arg)]
+    result = _eval(capsys, "zoo:load_model", *sets, "--data", "digits", "--eps", "0.1", "--n", "20")
+    import zoo
+
+    assert zoo.CALLS == [
+        {
+            "model_name": "Carmon2019Unlabeled",
+            "dataset": "digits",
+            "threat_model": "Linf",
+            "width": 16,
+        }
+    ]
+    assert result["source"] == (
+        "zoo:load_model(model_name='Carmon2019Unlabeled', dataset='digits', "
+        "threat_model='Linf', width=16)"
+    )
+    sys.modules.pop("zoo", None)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--model-arg", "width"], "expected KEY=VALUE"),
+        (["--model-arg", "colour=red"], "load_model() takes no argument 'colour'"),
+        (["--model-arg", "width=1", "--model-arg", "width=2"], "width given twice"),
+        ([], "missing a required argument: 'model_name'"),
+    ],
+)
+def test_bad_model_arguments_are_one_line(tmp_path, monkeypatch, capsys, args, fragment) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "zoo.py").write_text(ZOO)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["eval", "zoo:load_model", *args, "--data", "digits", "--eps", "0.1"])
+    captured = capsys.readouterr()
+    sys.modules.pop("zoo", None)
+    assert code == 2 and fragment in captured.err, captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_model_arguments_are_only_for_module_function(trained, capsys) -> None:
+    assert main(["eval", "run", "--model-arg", "width=16"]) == 2
+    assert "only a module:function model takes arguments" in capsys.readouterr().err
+
+
+def test_model_argument_values_are_literals_else_text() -> None:
+    parsed = parse_model_args(
+        ["n=28", "p=0.5", "flag=true", "none=None", "shape=(3, 32, 32)", "name=Linf", "eps=8/255"]
+    )
+    assert parsed == {
+        "n": 28,
+        "p": 0.5,
+        "flag": True,
+        "none": None,
+        "shape": (3, 32, 32),
+        "name": "Linf",
+        "eps": "8/255",
+    }

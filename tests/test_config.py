@@ -377,7 +377,7 @@ def test_bad_set_values(override: str, key: str, value: str, allowed: str) -> No
         ("eval.norm=Linfinity", ["Linf", "L2"]),
         ("train.schedule=step", list_schedules()),
         ("device=gpu", ["auto", "cpu", "cuda"]),
-        ("attack.bn_mode=frozen", ["eval", "train"]),
+        ("attack.bn_mode=frozen", ["auto", "eval", "train"]),
     ],
 )
 def test_unknown_names_list_the_valid_ones(override: str, valid: list[str]) -> None:

@@ -84,3 +84,54 @@ def test_evaluations_keep_core_columns_and_details(tmp_path) -> None:
     assert row["eval_id"] == eval_id and row["robust_accuracy"] == 0.4 and row["n"] == 100
     assert row["details"] == {"per_attack": {"pgd": 0.4}}
     assert store.evaluations("other") == []
+
+
+# The schema of version 1, as stores written before pids and evaluation keys were recorded hold it.
+_SCHEMA_V1 = """
+CREATE TABLE schema_info (version INTEGER NOT NULL);
+INSERT INTO schema_info VALUES (1);
+CREATE TABLE runs (run_id TEXT PRIMARY KEY, run_dir TEXT NOT NULL, created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL, status TEXT NOT NULL, tag TEXT NOT NULL DEFAULT '', dataset TEXT NOT NULL,
+    model TEXT NOT NULL, width INTEGER, depth INTEGER, method TEXT NOT NULL, lam REAL,
+    norm TEXT NOT NULL, eps REAL NOT NULL, seed INTEGER NOT NULL, epochs INTEGER NOT NULL,
+    config TEXT NOT NULL, summary TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE epochs (run_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
+    PRIMARY KEY (run_id, epoch));
+CREATE TABLE evaluations (eval_id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, created_at TEXT NOT NULL,
+    source TEXT NOT NULL, attack TEXT NOT NULL, norm TEXT NOT NULL, eps REAL NOT NULL, n INTEGER NOT NULL,
+    natural_accuracy REAL NOT NULL, robust_accuracy REAL NOT NULL, perturbation_stability REAL NOT NULL,
+    seconds REAL NOT NULL, details TEXT NOT NULL DEFAULT '{}');
+INSERT INTO runs VALUES ('old', '/runs/old', 't', 't', 'finished', '', 'digits', 'mlp', 256, 1,
+    'pgd_at', 1.0, 'Linf', 0.2, 0, 30, '{}', '{}');
+"""
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path) -> None:
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        db.executescript(_SCHEMA_V1)
+    store = ResultsStore(tmp_path / "old.db", create=False)
+    (record,) = store.runs()
+    assert record.run_id == "old" and record.pid is None and record.host is None
+    store.upsert_run("new", tmp_path / "new", _config(), pid=123, host="h")
+    assert store.run("new").pid == 123 and store.run("new").host == "h"
+    db = sqlite3.connect(store.path)
+    assert db.execute("SELECT version FROM schema_info").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_the_same_measurement_is_stored_once(tmp_path) -> None:
+    store = ResultsStore(tmp_path / "s.db")
+    store.upsert_run("r1", tmp_path / "r1", _config())
+    summary = {"natural_accuracy": 0.9, "robust_accuracy": 0.4, "perturbation_stability": 0.45,
+               "n": 100, "seconds": 1.5, "seed": 0, "split": "test",
+               "attack_settings": [{"name": "pgd", "steps": 20, "restarts": 1}]}  # fmt: skip
+    store.add_evaluation("r1", "last@3", "pgd", "Linf", 0.1, summary)
+    again = store.add_evaluation("r1", "last@3", "pgd", "Linf", 0.1, {**summary, "seconds": 2.0})
+    assert [e["eval_id"] for e in store.evaluations("r1")] == [again]
+    # Anything that changes what was measured is a measurement of its own.
+    store.add_evaluation("r1", "best@2", "pgd", "Linf", 0.1, summary)
+    store.add_evaluation("r1", "last@3", "pgd", "Linf", 0.1, {**summary, "seed": 1})
+    store.add_evaluation("r1", "last@3", "pgd", "Linf", 0.2, summary)
+    store.add_evaluation("r1", "last@3", "pgd", "Linf", 0.1, {**summary, "n": 50})
+    steps = [{"name": "pgd", "steps": 50, "restarts": 3}]
+    store.add_evaluation("r1", "last@3", "pgd", "Linf", 0.1, {**summary, "attack_settings": steps})
+    assert len(store.evaluations("r1")) == 6

@@ -34,7 +34,7 @@ Check = tuple[Callable[[Any], bool], str]
 
 DEVICES = ("auto", "cpu", "cuda")
 NORMS = ("Linf", "L2")
-BN_MODES = ("eval", "train")
+BN_MODES = ("auto", "eval", "train")
 STABILITY_LABELS = ("predicted", "true")
 
 
@@ -65,12 +65,15 @@ NON_NEGATIVE: Check = (_non_negative, "must be >= 0")
 PROBABILITY: Check = (lambda v: v is None or 0 <= v <= 1, "must be in [0, 1]")
 MOMENTUM: Check = (lambda v: 0 <= v < 1, "must be in [0, 1)")
 VAL_SIZE: Check = (lambda v: v >= 0, "a count >= 0 or a fraction in [0, 1)")
+OPEN_FRACTION: Check = (lambda v: 0 < v < 1, "must be in (0, 1)")
 
 
 @dataclass
 class DataConfig:
     name: str = key("digits", "dataset name", choices="datasets")
-    root: str = key("data", "directory holding the official dataset files")
+    root: str = key(
+        "data", "directory holding the official dataset files (a run records it absolute)"
+    )
     val_size: int | float = key(
         0.1,
         "held-out validation split from the training set: a count, or a fraction if < 1",
@@ -159,7 +162,9 @@ class AttackConfig:
     random_start: bool = key(True, "start PGD from a uniform random point in the ball")
     loss: str = key("ce", "loss the training attack maximizes", choices="attack_losses")
     bn_mode: str = key(
-        "eval", "batch-norm mode while crafting training attacks (peers differ)", choices=BN_MODES
+        "auto",
+        "batch-norm mode while crafting training attacks: auto (the method's reference code's, see README), eval or train",
+        choices=BN_MODES,
     )
     eps_schedule: str = key(
         "constant",
@@ -226,6 +231,11 @@ class TrainConfig:
         "piecewise: epochs at which the LR is multiplied by gamma (unset: 50% and 75% of train.epochs)",
     )
     gamma: float = key(0.1, "piecewise: LR factor at each milestone", POSITIVE)
+    cyclic_peak: float = key(
+        0.4,
+        "cyclic: fraction of the run at which the LR peaks (0.4: fast_adversarial's MNIST script; its CIFAR-10 script: 0.5)",
+        OPEN_FRACTION,
+    )
     warmup_epochs: float = key(0.0, "linear LR warm-up from 0 over this many epochs", NON_NEGATIVE)
     periods: list[float] = key(
         [],
@@ -363,6 +373,12 @@ def from_dict(tree: Mapping[str, Any], cls: type = RunConfig, prefix: str = "") 
     for name, value in tree.items():
         dotted = f"{prefix}{name}"
         if name not in fields:
+            leaf = _first_leaf(value)
+            if leaf is not None:  # an unknown table: name the key inside it, not a dict
+                path, item = leaf
+                raise ConfigError(
+                    f"{dotted}.{path}", _plain(item), _unknown_table_hint(name, path, cls, prefix)
+                )
             raise ConfigError(dotted, _plain(value), _unknown_key_hint(name, cls, prefix))
         annotation = hints[name]
         if dataclasses.is_dataclass(annotation):
@@ -400,6 +416,31 @@ def _unknown_key_hint(name: str, cls: type, prefix: str) -> str:
     if guess:
         return f"unknown key; did you mean {' or '.join(map(repr, by_leaf[guess]))}?"
     return f"unknown key; valid keys here: {_keys_of(cls, prefix.rstrip('.'))}"
+
+
+def _first_leaf(value: Any) -> tuple[str, Any] | None:
+    """``("eps", "0.1")`` for ``{"eps": "0.1"}`` (a table as ``--set atack.eps=0.1`` or a TOML
+    ``[atack]`` makes it): the first key, dotted, and its value; None if not a table."""
+    if not isinstance(value, Mapping) or not value:
+        return None
+    name, item = next(iter(value.items()))
+    inner = _first_leaf(item)
+    return (f"{name}.{inner[0]}", inner[1]) if inner is not None else (name, item)
+
+
+def _unknown_table_hint(name: str, path: str, cls: type, prefix: str) -> str:
+    """'did you mean' for a key under an unknown table: the same key under the nearest table."""
+    hints = typing.get_type_hints(cls)
+    tables = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if dataclasses.is_dataclass(hints[f.name]) or typing.get_origin(hints[f.name]) is dict
+    ]
+    guess = did_you_mean(name, tables)
+    if guess:
+        return f"unknown table {prefix + name!r}; did you mean {prefix + guess + '.' + path!r}?"
+    where = ", ".join(prefix + t for t in tables) or "none"
+    return f"unknown table {prefix + name!r}; tables here: {where}"
 
 
 def _keys_of(cls: type, dotted: str) -> str:
@@ -443,8 +484,7 @@ def coerce(dotted: str, annotation: Any, value: Any) -> Any:
         (item,) = typing.get_args(annotation)
         if isinstance(plain, str) and raw is not None:
             # not a TOML array ("75,90", or "[10, 8/255]" holding a fraction): split the text
-            items = plain.strip().removeprefix("[").removesuffix("]")
-            plain = [part for part in items.split(",") if part.strip()]
+            plain = _split_list(dotted, plain)
         if not isinstance(plain, list):
             raise ConfigError(dotted, _show(plain, raw), "expected a list, e.g. [75, 90]")
         return [coerce(f"{dotted}[{i}]", item, v) for i, v in enumerate(plain)]
@@ -460,6 +500,25 @@ def coerce(dotted: str, annotation: Any, value: Any) -> Any:
     raise TypeError(
         f"unsupported config annotation {annotation!r} for {dotted}"
     )  # programming error
+
+
+def _split_list(dotted: str, text: str) -> list[str]:
+    """The items of a ``--set`` list TOML cannot read because an item is a fraction
+    (``[10, 8/255]``) or the brackets are left out (``75,90``). A malformed list (``[10,``,
+    ``[10,,20]``) is refused rather than read as the items that happen to parse."""
+    body = text.strip()
+    bracketed = body.startswith("[")
+    malformed = "malformed list; expected e.g. [75, 90] or 75,90"
+    if bracketed != body.endswith("]") or body.count("[") + body.count("]") != 2 * bracketed:
+        raise ConfigError(dotted, text, malformed)
+    parts = [part.strip() for part in (body[1:-1] if bracketed else body).split(",")]
+    if bracketed and len(parts) > 1 and parts[-1] == "":
+        parts.pop()  # a trailing comma, as TOML allows
+    if parts == [""]:
+        return []
+    if "" in parts:
+        raise ConfigError(dotted, text, f"{malformed} (an empty item)")
+    return parts
 
 
 def _typed(value: Any) -> Any:
@@ -648,8 +707,13 @@ def resolve(config: RunConfig) -> RunConfig:
         if method_cls is not None
         else (lambda eps, steps, norm: default_alpha(eps, steps))
     )
+    bn_mode = config.attack.bn_mode
+    if bn_mode == "auto" and method_cls is not None:
+        # The batch-norm mode the method's reference code crafts in (README: "Training methods").
+        bn_mode = method_cls.bn_mode_rule({"base": config.method.awp_base})
     attack = dataclasses.replace(
         config.attack,
+        bn_mode=bn_mode,
         alpha=config.attack.alpha
         if config.attack.alpha is not None
         else alpha_rule(config.attack.eps, config.attack.steps, config.attack.norm),

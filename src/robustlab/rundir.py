@@ -4,7 +4,8 @@
 <run_dir>/
   config.toml        the resolved configuration (every key explicit)
   run.json           run id, seed, versions (Python, torch, robustlab), git revision, host,
-                     start time, status, wall time
+                     start time, status, wall time, absolute paths of the run directory,
+                     the results store and the data root
   metrics.jsonl      one JSON object per finished epoch
   checkpoints/
     last.pt          after every epoch: model, optimizer, step, RNG states, history, config
@@ -14,7 +15,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
+import os
 import platform
 import secrets
 import socket
@@ -67,28 +71,51 @@ class RunDirectory:
     # -- creation ---------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: Path, config: RunConfig, run_id: str) -> RunDirectory:
+    def create(
+        cls, path: Path, config: RunConfig, run_id: str, store: str | Path | None = None
+    ) -> RunDirectory:
         """Create the directory with its resolved config and run information.
+
+        ``run.json`` records the absolute paths of the run directory, the results store and
+        the data root, so ``eval RUN`` and ``train --resume RUN`` find them from any working
+        directory (pass ``config`` through :func:`with_absolute_paths` first, so the saved
+        ``config.toml`` and the checkpoints agree with it).
 
         Raises:
             RunError: ``path`` already holds a run (resume it with ``--resume`` instead).
         """
         cls.check_free(path)
-        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        try:
+            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. a read-only file system (root passes the access check)
+            raise RunError(f"--out {str(path)!r}: cannot create it ({exc.strerror})") from None
         run = cls(path)
         atomic_write_text(run.config_file, to_toml(config))
+        paths = {
+            "run_dir": str(path.resolve()),
+            "store": str(Path(store).resolve()) if store is not None else None,
+            "data_root": str(absolute_path(config.data.root)),
+        }
         run.write_info(
-            {"run_id": run_id, "seed": config.seed, "status": "running", **environment_info()}
+            {
+                "run_id": run_id,
+                "seed": config.seed,
+                "status": "running",
+                **paths,
+                **environment_info(),
+            }
         )
         return run
 
     @staticmethod
     def check_free(path: Path) -> None:
-        """Raise :class:`RunError` if ``path`` already holds a run."""
+        """Raise :class:`RunError` if ``path`` already holds a run, or cannot be a directory
+        (a file is there or in the way, or its parent is not writable); writes nothing."""
         if (path / "config.toml").exists() or (path / "run.json").exists():
             raise RunError(
                 f"--out {str(path)!r} already holds a run; resume it with --resume {path} or pick another directory"
             )
+        check_can_create(path, "--out")
 
     @classmethod
     def open(cls, path: str | Path) -> RunDirectory:
@@ -118,6 +145,26 @@ class RunDirectory:
     def run_id(self) -> str:
         return str(self.read_info()["run_id"])
 
+    def record_paths(self, config: RunConfig, store: str | Path) -> None:
+        """On resume: record the store and data root the run continues with (``--store`` or
+        ``--data-root`` may have moved them), in ``run.json`` and ``config.toml``.
+
+        ``config`` is the run's config with the data root it continues with (absolute:
+        :func:`with_absolute_paths`)."""
+        if self.read_config().data.root != config.data.root:
+            atomic_write_text(self.config_file, to_toml(config))
+        self.update_info(store=str(Path(store).resolve()), data_root=config.data.root)
+
+    def recorded_store(self) -> Path | None:
+        """The results store this run was trained with: the absolute path in ``run.json``;
+        for runs made before it was recorded, a ``robustlab.db`` beside the run directory
+        (the default layout ``runs/<run id>``); else None."""
+        store = self.read_info().get("store")
+        if store:
+            return Path(store)
+        beside = self.path.resolve().parent / "robustlab.db"
+        return beside if beside.is_file() else None
+
     def remove_partial_writes(self) -> None:
         """Delete temp files a killed process left mid-write (the renamed files are intact)."""
         for directory in (self.path, self.path / "checkpoints"):
@@ -137,6 +184,65 @@ class RunDirectory:
         return [
             json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()
         ]
+
+
+def absolute_path(path: str | Path) -> Path:
+    """``path`` made absolute against the working directory (``~`` expanded)."""
+    return Path(path).expanduser().resolve()
+
+
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """``config`` with ``data.root`` absolute, as a run records it: a run's results must not
+    depend on the directory a later ``eval`` or ``--resume`` is started from."""
+    data = dataclasses.replace(config.data, root=str(absolute_path(config.data.root)))
+    return dataclasses.replace(config, data=data)
+
+
+def check_can_create(path: str | Path, flag: str) -> None:
+    """Raise :class:`RunError` unless ``path`` is a writable directory or can be made one.
+
+    The nearest existing ancestor decides: a file there means no directory can be made under
+    it, and a directory that is not writable refuses new entries. Writes nothing, so a command
+    can check every output location before it writes any.
+    """
+    path = Path(path)
+    for existing in (path, *path.absolute().parents):
+        if not existing.exists():
+            continue
+        if not existing.is_dir():
+            where = (
+                "is a file"
+                if existing == path
+                else f"cannot be created: {str(existing)!r} is a file"
+            )
+            raise RunError(f"{flag} {str(path)!r} {where}; give a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise RunError(f"{flag} {str(path)!r}: {str(existing)!r} is not writable")
+        return
+
+
+def process_alive(pid: int | None, host: str | None) -> bool | None:
+    """Whether process ``pid`` of ``host`` still runs; ``None`` when this machine cannot tell
+    (another host, or nothing recorded)."""
+    if pid is None or host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)  # signal 0 sends nothing: it only checks that the process exists
+    except OSError as exc:
+        return exc.errno == errno.EPERM  # it exists, but belongs to another user
+    return True
+
+
+def shown_status(status: str, pid: int | None, host: str | None) -> str:
+    """The status to show for a run recorded with ``status`` by process ``pid`` on ``host``.
+
+    A run recorded ``running`` whose process on this host is gone (SIGKILL, out of memory, a
+    reboot) was ``interrupted``: it resumes with ``robustlab train --resume RUN_DIR``. A later
+    process may reuse the id, so a dead run can still read ``running``, never the reverse.
+    """
+    if status == "running" and process_alive(pid, host) is False:
+        return "interrupted"
+    return status
 
 
 def new_run_id(config: RunConfig) -> str:

@@ -30,22 +30,23 @@ INITIAL_STEP = 2.0
 LossForRun = Callable[[torch.Tensor], LossFn]
 
 
-def apgd_checkpoints(n_iter: int) -> list[int]:
+def apgd_checkpoints(steps: int) -> list[int]:
     """Iteration counts after which APGD checks its step size (section 3.2).
 
-    The paper's checkpoints are ``w_j = ceil(p_j * n_iter)`` with ``p_0 = 0``, ``p_1 = 0.22`` and
-    ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``: a first phase of 22% of the budget,
-    then phases shrinking by 3% down to 6%. As in the reference implementation the lengths are
-    computed in whole iterations (``int(0.22 * n_iter)`` etc., at least 1), so that a budget of
-    100 gives the paper's 22, 41, 57, 70, 80, 87, 93, 99. For budgets that are not multiples of
-    100 the two differ (50 iterations: 11, 21, 30, 38, 45 here and in the reference, 11, 21, 29,
-    35, 40, 44, 47, 50 by the formula); we follow the reference, whose numbers are published.
+    The paper's checkpoints are ``w_j = ceil(p_j * N_iter)`` (``N_iter`` is ``steps``) with
+    ``p_0 = 0``, ``p_1 = 0.22`` and ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``: a first
+    phase of 22% of the budget, then phases shrinking by 3% down to 6%. As in the reference
+    implementation the lengths are computed in whole iterations (``int(0.22 * N_iter)`` etc., at
+    least 1), so that a budget of 100 gives the paper's 22, 41, 57, 70, 80, 87, 93, 99. For
+    budgets that are not multiples of 100 the two differ (50 iterations: 11, 21, 30, 38, 45 here
+    and in the reference, 11, 21, 29, 35, 40, 44, 47, 50 by the formula); we follow the
+    reference, whose numbers are published.
     """
-    first = max(int(0.22 * n_iter), 1)
-    shortest = max(int(0.06 * n_iter), 1)
-    shrink = max(int(0.03 * n_iter), 1)
+    first = max(int(0.22 * steps), 1)
+    shortest = max(int(0.06 * steps), 1)
+    shrink = max(int(0.03 * steps), 1)
     checkpoints, length, at = [], first, first
-    while at <= n_iter:
+    while at <= steps:
         checkpoints.append(at)
         length = max(length - shrink, shortest)
         at += length
@@ -97,7 +98,7 @@ def apgd_run(
     loss_fn: LossFn,
     eps: float,
     ball: ThreatModel,
-    n_iter: int = 100,
+    steps: int = 100,
     rho: float = 0.75,
     eot_iter: int = 1,
 ) -> APGDRun:
@@ -117,9 +118,9 @@ def apgd_run(
     x_fooled = x_adv  # the reference's x_best_adv; only read where ``fooled``
     x_best, loss_best, grad_best = x_adv, loss, grad
     step = torch.full((x.shape[0],), INITIAL_STEP * eps, dtype=x.dtype, device=x.device)
-    steps = [step]
+    step_sizes = [step]
 
-    checkpoints = set(apgd_checkpoints(n_iter))
+    checkpoints = set(apgd_checkpoints(steps))
     last_checkpoint = 0
     increases = torch.zeros_like(loss)  # iterations since the last checkpoint where f went up
     # Condition 1 counts f(x^(i+1)) > f(x^(i)) from the starting point on, as the paper writes;
@@ -131,7 +132,7 @@ def apgd_run(
     loss_best_at_checkpoint = loss_best
     x_prev = x_adv
 
-    for i in range(n_iter):
+    for i in range(steps):
         weight = MOMENTUM if i > 0 else 1.0
         z = clip_to_ball(x_adv + step.view(view) * ball.step(grad, 1.0), x, eps, ball)
         x_next = x_adv + weight * (z - x_adv) + (1 - weight) * (x_adv - x_prev)
@@ -160,9 +161,9 @@ def apgd_run(
             reduced_at_checkpoint, loss_best_at_checkpoint = reduce, loss_best
             increases = torch.zeros_like(increases)
             last_checkpoint = i + 1
-            steps.append(step)
+            step_sizes.append(step)
 
-    return APGDRun(x_best, loss_best, x_fooled, fooled, torch.stack(steps))
+    return APGDRun(x_best, loss_best, x_fooled, fooled, torch.stack(step_sizes))
 
 
 class APGDBase(Attack):
@@ -181,21 +182,21 @@ class APGDBase(Attack):
         self,
         eps: float,
         norm: str,
-        n_iter: int,
-        n_restarts: int,
+        steps: int,
+        restarts: int,
         eot_iter: int,
         rho: float,
         model_mode: str,
         check_inputs: bool,
     ) -> None:
         super().__init__(eps, norm, model_mode, check_inputs)
-        for key, value in (("n_iter", n_iter), ("n_restarts", n_restarts), ("eot_iter", eot_iter)):
+        for key, value in (("steps", steps), ("restarts", restarts), ("eot_iter", eot_iter)):
             if value <= 0:
                 raise ConfigError(key, value, "must be > 0")
         if not 0 < rho <= 1:
             raise ConfigError("rho", rho, "must be in (0, 1]")
-        self.n_iter = int(n_iter)
-        self.n_restarts = int(n_restarts)
+        self.steps = int(steps)
+        self.restarts = int(restarts)
         self.eot_iter = int(eot_iter)
         self.rho = float(rho)
 
@@ -208,7 +209,7 @@ class APGDBase(Attack):
         view = (-1, *([1] * (x.dim() - 1)))
         x_out = x.clone()
         loss_out = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
-        n_steps = len(apgd_checkpoints(self.n_iter)) + 1
+        n_steps = len(apgd_checkpoints(self.steps)) + 1
         trace = torch.full((len(runs), n_steps, x.shape[0]), float("nan"), device=x.device)
         # With eps = 0 the ball is {x}: every run would return x, so skip them.
         for r, loss_for in enumerate(runs if self.eps > 0 else []):
@@ -223,7 +224,7 @@ class APGDBase(Attack):
                 loss_for(todo),
                 eps=self.eps,
                 ball=self.ball,
-                n_iter=self.n_iter,
+                steps=self.steps,
                 rho=self.rho,
                 eot_iter=self.eot_iter,
             )
@@ -255,8 +256,8 @@ class APGD(APGDBase):
     Args:
         eps: budget (default 8/255).
         norm: ``"Linf"`` or ``"L2"``.
-        n_iter: iterations per run (default 100).
-        n_restarts: runs from random starts; later runs attack only the points no earlier run
+        steps: iterations per run (default 100).
+        restarts: runs from random starts; later runs attack only the points no earlier run
             fooled (default 1).
         loss: ``"ce"`` (cross-entropy, default; APGD-CE) or ``"dlr"`` (Difference of Logits
             Ratio, eq. 5, needs >= 3 classes; APGD-DLR).
@@ -276,15 +277,15 @@ class APGD(APGDBase):
         self,
         eps: float = 8 / 255,
         norm: str = "Linf",
-        n_iter: int = 100,
-        n_restarts: int = 1,
+        steps: int = 100,
+        restarts: int = 1,
         loss: str = "ce",
         eot_iter: int = 1,
         rho: float = 0.75,
         model_mode: str = "eval",
         check_inputs: bool = True,
     ) -> None:
-        super().__init__(eps, norm, n_iter, n_restarts, eot_iter, rho, model_mode, check_inputs)
+        super().__init__(eps, norm, steps, restarts, eot_iter, rho, model_mode, check_inputs)
         if loss not in APGD_LOSSES:
             raise ConfigError("loss", loss, f"one of {', '.join(APGD_LOSSES)}")
         self.loss = loss
@@ -295,7 +296,7 @@ class APGD(APGDBase):
             raise ConfigError(
                 "loss", self.loss, f"DLR needs at least 3 classes; the model has {logits.shape[1]}"
             )
-        return [lambda todo: self.loss_fn] * self.n_restarts
+        return [lambda todo: self.loss_fn] * self.restarts
 
 
 register_preset(

@@ -14,8 +14,8 @@ from .functional import LossFn, dlr_targeted
 class APGDT(APGDBase):
     """Targeted Auto-PGD, "Reliable evaluation of adversarial robustness with an ensemble of
     diverse parameter-free attacks" (Croce & Hein, ICML 2020, https://arxiv.org/abs/2003.01690),
-    section 3 (Algorithm 1 on the targeted DLR loss, eq. 6). For ``t = 2 .. n_target_classes + 1``
-    it runs APGD towards the class with the t-th largest clean logit, ``n_restarts`` times each,
+    section 3 (Algorithm 1 on the targeted DLR loss, eq. 6). For ``t = 2 .. targets + 1``
+    it runs APGD towards the class with the t-th largest clean logit, ``restarts`` times each,
     on the points that no earlier run has fooled; a point counts as fooled once it is
     misclassified (as any class).
 
@@ -24,9 +24,9 @@ class APGDT(APGDBase):
     Args:
         eps: budget (default 8/255).
         norm: ``"Linf"`` or ``"L2"``.
-        n_iter: iterations per run (default 100).
-        n_restarts: runs per target class (default 1).
-        n_target_classes: how many of the most likely wrong classes to target (default 9); must
+        steps: iterations per run (default 100).
+        restarts: runs per target class (default 1).
+        targets: how many of the most likely wrong classes to target (default 9); must
             be smaller than the model's number of classes, which must be at least 4.
         eot_iter: gradients averaged per iteration, for randomized models (default 1).
         rho: step-size halving threshold of condition 1 (default 0.75).
@@ -35,7 +35,7 @@ class APGDT(APGDBase):
     Shapes: ``x`` B x C x H x W in [0, 1], ``y`` B (int64) -> ``x_adv`` like ``x``.
 
     Example:
-        >>> attack = create_attack("apgd-t", eps=8 / 255, n_target_classes=9)
+        >>> attack = create_attack("apgd-t", eps=8 / 255, targets=9)
         >>> x_adv = attack(model, x, y)
     """
 
@@ -43,18 +43,18 @@ class APGDT(APGDBase):
         self,
         eps: float = 8 / 255,
         norm: str = "Linf",
-        n_iter: int = 100,
-        n_restarts: int = 1,
-        n_target_classes: int = 9,
+        steps: int = 100,
+        restarts: int = 1,
+        targets: int = 9,
         eot_iter: int = 1,
         rho: float = 0.75,
         model_mode: str = "eval",
         check_inputs: bool = True,
     ) -> None:
-        super().__init__(eps, norm, n_iter, n_restarts, eot_iter, rho, model_mode, check_inputs)
-        if n_target_classes <= 0:
-            raise ConfigError("n_target_classes", n_target_classes, "must be > 0")
-        self.n_target_classes = int(n_target_classes)
+        super().__init__(eps, norm, steps, restarts, eot_iter, rho, model_mode, check_inputs)
+        if targets <= 0:
+            raise ConfigError("targets", targets, "must be > 0")
+        self.targets = int(targets)
 
     def _runs(self, logits: torch.Tensor) -> list[LossForRun]:
         classes = logits.shape[1]
@@ -62,10 +62,10 @@ class APGDT(APGDBase):
             raise ConfigError(
                 "n_classes", classes, "APGD-T's targeted DLR loss needs at least 4 classes"
             )
-        if self.n_target_classes >= classes:
+        if self.targets >= classes:
             raise ConfigError(
-                "n_target_classes",
-                self.n_target_classes,
+                "targets",
+                self.targets,
                 f"must be < the number of classes ({classes}); with robustlab eval, pass --targets {classes - 1}",
             )
         # Classes by decreasing clean logit: the points attacked are classified correctly, so
@@ -73,8 +73,8 @@ class APGDT(APGDBase):
         ranking = logits.argsort(dim=1, descending=True)
         return [
             _towards(ranking[:, rank])
-            for rank in range(1, self.n_target_classes + 1)
-            for _ in range(self.n_restarts)
+            for rank in range(1, self.targets + 1)
+            for _ in range(self.restarts)
         ]
 
 

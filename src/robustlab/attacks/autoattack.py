@@ -11,27 +11,27 @@ from ..errors import ConfigError
 from .base import ATTACKS, Attack
 
 # The versions of Croce & Hein 2020 (fra31/auto-attack, AutoAttack.set_version): the attacks in
-# cascade order, each with the settings that version gives it. `n_iter` (APGD, FAB),
-# `n_target_classes` (APGD-T, FAB-T) and `n_queries` (Square) come from the ensemble's arguments.
+# cascade order, each with the settings that version gives it. `steps` (APGD, FAB),
+# `targets` (APGD-T, FAB-T) and `queries` (Square) come from the ensemble's arguments.
 VERSIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "standard": [
-        ("apgd-ce", {"n_restarts": 1}),
-        ("apgd-t", {"n_restarts": 1}),
-        ("fab-t", {"n_restarts": 1}),
-        ("square", {"n_restarts": 1}),
+        ("apgd-ce", {"restarts": 1}),
+        ("apgd-t", {"restarts": 1}),
+        ("fab-t", {"restarts": 1}),
+        ("square", {"restarts": 1}),
     ],
     "plus": [
-        ("apgd-ce", {"n_restarts": 5}),
-        ("apgd-dlr", {"n_restarts": 5}),
-        ("fab", {"n_restarts": 5}),
-        ("square", {"n_restarts": 1}),
-        ("apgd-t", {"n_restarts": 1}),
-        ("fab-t", {"n_restarts": 1}),
+        ("apgd-ce", {"restarts": 5}),
+        ("apgd-dlr", {"restarts": 5}),
+        ("fab", {"restarts": 5}),
+        ("square", {"restarts": 1}),
+        ("apgd-t", {"restarts": 1}),
+        ("fab-t", {"restarts": 1}),
     ],
     # Randomized defenses: gradients averaged over 20 draws (Expectation over Transformation).
     "rand": [
-        ("apgd-ce", {"n_restarts": 1, "eot_iter": 20}),
-        ("apgd-dlr", {"n_restarts": 1, "eot_iter": 20}),
+        ("apgd-ce", {"restarts": 1, "eot_iter": 20}),
+        ("apgd-dlr", {"restarts": 1, "eot_iter": 20}),
     ],
 }
 ITERATIVE = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t")
@@ -62,9 +62,9 @@ class AutoAttack(Attack):
         norm: ``"Linf"`` (default) or ``"L2"``.
         version: ``"standard"`` (default), ``"plus"``, ``"rand"`` or ``"custom"``.
         attacks: the registered attack names of a ``custom`` cascade.
-        n_iter: iterations of APGD and FAB (default 100).
-        n_queries: Square's query budget (default 5000).
-        n_target_classes: target classes of APGD-T and FAB-T (default 9; at most classes - 1,
+        steps: iterations of APGD and FAB (default 100).
+        queries: Square's query budget (default 5000).
+        targets: target classes of APGD-T and FAB-T (default 9; at most classes - 1,
             so datasets with fewer than 10 classes need a smaller value).
 
     Shapes: ``x`` B x C x H x W in [0, 1], ``y`` B (int64) -> ``x_adv`` like ``x``: for each
@@ -81,9 +81,9 @@ class AutoAttack(Attack):
         norm: str = "Linf",
         version: str = "standard",
         attacks: list[str] | None = None,
-        n_iter: int = 100,
-        n_queries: int = 5000,
-        n_target_classes: int = 9,
+        steps: int = 100,
+        queries: int = 5000,
+        targets: int = 9,
         model_mode: str = "eval",
         check_inputs: bool = True,
     ) -> None:
@@ -95,14 +95,14 @@ class AutoAttack(Attack):
             raise ConfigError(
                 "attacks", attacks, "a list of attack names exactly when version='custom'"
             )
-        if n_iter <= 0:
-            raise ConfigError("n_iter", n_iter, "must be > 0")
-        if n_queries <= 0:
-            raise ConfigError("n_queries", n_queries, "must be > 0")
-        if n_target_classes <= 0:
-            raise ConfigError("n_target_classes", n_target_classes, "must be > 0")
-        self.version, self.n_iter, self.n_queries = version, n_iter, n_queries
-        self.n_target_classes = n_target_classes
+        if steps <= 0:
+            raise ConfigError("steps", steps, "must be > 0")
+        if queries <= 0:
+            raise ConfigError("queries", queries, "must be > 0")
+        if targets <= 0:
+            raise ConfigError("targets", targets, "must be > 0")
+        self.version, self.steps, self.queries = version, steps, queries
+        self.targets = targets
         plan = VERSIONS[version] if version != "custom" else [(name, {}) for name in attacks or []]
         self.components = self._build(plan)
 
@@ -115,11 +115,11 @@ class AutoAttack(Attack):
                 raise ConfigError("attacks", name, "an AutoAttack cannot contain itself")
             kwargs = dict(settings)
             if name in ITERATIVE and self.version != "custom":
-                kwargs["n_iter"] = self.n_iter
+                kwargs["steps"] = self.steps
             if name in TARGETED and self.version != "custom":
-                kwargs["n_target_classes"] = self.n_target_classes
+                kwargs["targets"] = self.targets
             if name == "square" and self.version != "custom":
-                kwargs["n_queries"] = self.n_queries
+                kwargs["queries"] = self.queries
             attack = create_attack(name, eps=self.eps, norm=self.norm, **kwargs)
             # Inputs were checked once by the ensemble; the components need not check them again.
             attack.check_inputs = False

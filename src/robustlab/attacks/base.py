@@ -83,11 +83,9 @@ class Attack(ABC):
         self.info: dict[str, Any] = {}
         if self.check_inputs:
             _check_inputs(x, y)
-        with (
-            model_mode(model, self.model_mode),
-            _validate_first_output(model, x, y, self.check_inputs),
-        ):
-            x_adv = self.perturb(model, x.detach(), y.detach())
+        attacked = _FirstOutputCheck(model, x.shape[0], y) if self.check_inputs else model
+        with model_mode(model, self.model_mode):
+            x_adv = self.perturb(attacked, x.detach(), y.detach())
         return x_adv.detach()
 
     @abstractmethod
@@ -139,27 +137,29 @@ def register_preset(name: str, cls: type[Attack], doc: str, **fixed: Any) -> Cal
     return ATTACKS.register(name)(factory)
 
 
-@contextmanager
-def _validate_first_output(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, enabled: bool
-) -> Iterator[None]:
-    """Check the model's first output during the attack: logits of shape (B, classes), labels < classes.
+class _FirstOutputCheck(nn.Module):
+    """``model`` with a check of its first output: logits of shape (B, classes), labels < classes.
 
-    A one-shot forward hook rather than an extra forward pass, so the check costs nothing.
+    A wrapper around the calls rather than a forward hook: TorchScript modules
+    (``torch.jit.script``) do not support ``register_forward_hook``, and the attacks only ever
+    call the model. The check rides on the attack's own first forward pass (no extra pass), and
+    later calls cost one flag test. The wrapped model's train/eval flags are set by
+    :func:`model_mode` on the model itself, not through this wrapper.
     """
-    if not enabled:
-        yield
-        return
 
-    def check(module: nn.Module, args: Any, output: Any) -> None:
-        handle.remove()
-        validate_logits(output, x.shape[0], y)
+    def __init__(self, model: nn.Module, batch: int, y: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.batch = batch
+        self.labels = y
+        self.checked = False
 
-    handle = model.register_forward_hook(check)
-    try:
-        yield
-    finally:
-        handle.remove()
+    def forward(self, x: torch.Tensor) -> Any:
+        output = self.model(x)
+        if not self.checked:
+            self.checked = True
+            validate_logits(output, self.batch, self.labels)
+        return output
 
 
 def validate_logits(logits: Any, batch: int, y: torch.Tensor | None = None) -> int:

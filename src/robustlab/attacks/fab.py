@@ -39,7 +39,7 @@ class FAB(Attack):
 
     FAB-T (``targeted=True``, registered as ``"fab-t"``) uses only the hyperplane of the target
     class ``t``, ``f_t - f_y`` (one gradient per iteration instead of one per class), and runs
-    once per target: the 2nd, 3rd, ... ``(n_target_classes + 1)``-th largest clean logit; points
+    once per target: the 2nd, 3rd, ... ``(targets + 1)``-th largest clean logit; points
     fooled by an earlier target skip the later ones.
 
     Threat model: L-inf (default) or L2 ball of radius ``eps`` intersected with [0, 1]. Returns,
@@ -50,14 +50,15 @@ class FAB(Attack):
     Args:
         eps: budget, and the scale of the random restarts (default 8/255).
         norm: ``"Linf"`` or ``"L2"``.
-        n_iter: iterations per run (default 100).
-        n_restarts: runs per target (untargeted: runs); the first from ``x`` (default 1; AutoAttack
+        steps: iterations per run (default 100).
+        restarts: runs per target (untargeted: runs); the first from ``x`` (default 1; AutoAttack
             uses 5 for untargeted FAB in its "plus" version and 1 for FAB-T).
         alpha_max: largest bias towards ``x`` in a step (default 0.1).
         eta: overshoot of the projections, to land past the boundary (default 1.05).
         beta: backward step towards ``x`` after a success (default 0.9).
         targeted: FAB-T, one run per target class (default False; ``"fab-t"`` sets it).
-        n_target_classes: targets of FAB-T; must be < the number of classes (default 9).
+        targets: number of target classes of FAB-T, the most likely wrong ones; must be < the
+            number of classes (default 9).
         model_mode: ``"eval"`` (default) or ``"train"``.
 
     Shapes: ``x`` B x C x H x W in [0, 1], ``y`` B (int64) -> ``x_adv`` like ``x``.
@@ -71,45 +72,45 @@ class FAB(Attack):
         self,
         eps: float = 8 / 255,
         norm: str = "Linf",
-        n_iter: int = 100,
-        n_restarts: int = 1,
+        steps: int = 100,
+        restarts: int = 1,
         alpha_max: float = 0.1,
         eta: float = 1.05,
         beta: float = 0.9,
         targeted: bool = False,
-        n_target_classes: int = 9,
+        targets: int = 9,
         model_mode: str = "eval",
         check_inputs: bool = True,
     ) -> None:
         super().__init__(eps, norm, model_mode, check_inputs)
-        if n_iter <= 0:
-            raise ConfigError("n_iter", n_iter, "must be > 0")
-        if n_restarts <= 0:
-            raise ConfigError("n_restarts", n_restarts, "must be > 0")
+        if steps <= 0:
+            raise ConfigError("steps", steps, "must be > 0")
+        if restarts <= 0:
+            raise ConfigError("restarts", restarts, "must be > 0")
         if not 0 <= alpha_max <= 1:
             raise ConfigError("alpha_max", alpha_max, "must be in [0, 1]")
         if eta <= 0:
             raise ConfigError("eta", eta, "must be > 0")
         if not 0 <= beta <= 1:
             raise ConfigError("beta", beta, "must be in [0, 1]")
-        if n_target_classes <= 0:
-            raise ConfigError("n_target_classes", n_target_classes, "must be > 0")
-        self.n_iter = int(n_iter)
-        self.n_restarts = int(n_restarts)
+        if targets <= 0:
+            raise ConfigError("targets", targets, "must be > 0")
+        self.steps = int(steps)
+        self.restarts = int(restarts)
         self.alpha_max = float(alpha_max)
         self.eta = float(eta)
         self.beta = float(beta)
         self.targeted = bool(targeted)
-        self.n_target_classes = int(n_target_classes)
+        self.targets = int(targets)
 
     @torch.no_grad()
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = model(x)
         classes = logits.shape[1]
-        if self.targeted and self.n_target_classes >= classes:
+        if self.targeted and self.targets >= classes:
             raise ConfigError(
-                "n_target_classes",
-                self.n_target_classes,
+                "targets",
+                self.targets,
                 f"must be < the number of classes ({classes}); with robustlab eval, pass --targets {classes - 1}",
             )
         robust = logits.argmax(1) == y
@@ -121,16 +122,16 @@ class FAB(Attack):
         gradients = _LogitDifferences(model)
         # Targets: the 2nd, 3rd, ... largest clean logit (the largest is y for robust points).
         ranking = logits.argsort(dim=1, descending=True)
-        ranks = range(1, self.n_target_classes + 1) if self.targeted else [None]
+        ranks = range(1, self.targets + 1) if self.targeted else [None]
         for rank in ranks:
-            for restart in range(self.n_restarts):
+            for restart in range(self.restarts):
                 # One host sync per run: later runs attack only the points still robust.
                 active = robust.nonzero().squeeze(1)
                 if active.numel() == 0:
                     return x_adv
-                targets = None if rank is None else ranking[active, rank]
+                target = None if rank is None else ranking[active, rank]
                 found, norms = self._single_run(
-                    gradients, x[active], y[active], targets, random_start=restart > 0
+                    gradients, x[active], y[active], target, random_start=restart > 0
                 )
                 # Re-check the prediction (as the reference): the run's batch differs from this
                 # one, and floating-point results may too for a point on the boundary.
@@ -157,7 +158,7 @@ class FAB(Attack):
         best = x.clone()
         best_norm = torch.full((batch,), float("inf"), dtype=x.dtype, device=x.device)
         dual = 1 if self.norm == "Linf" else 2  # the dual norm measures the normals
-        for _ in range(self.n_iter):
+        for _ in range(self.steps):
             gaps, normals = gradients(current, y, targets)  # B x K, B x K x D
             # The closest linearized boundary, in the attack's norm: |gap| / ||normal||_dual.
             distance = gaps.abs() / (normals.norm(p=dual, dim=2) + DIST_GUARD)
@@ -167,14 +168,14 @@ class FAB(Attack):
             w = normals[rows, closest]
             # Linearization f_s - f_y + <w, z - current> = 0, i.e. the hyperplane <w, z> = b.
             b = (w * current.flatten(1)).sum(1) - gaps[rows, closest]
-            steps = project_onto_hyperplane_in_box(
+            moves = project_onto_hyperplane_in_box(
                 torch.cat((current.flatten(1), x_flat)),
                 torch.cat((w, w)),
                 torch.cat((b, b)),
                 self.norm,
             )
-            step_current, step_origin = steps.view(2, *x.shape).unbind(0)
-            lengths = self.ball.norm(steps).clamp_min(MIN_STEP_NORM).view(2, batch)
+            step_current, step_origin = moves.view(2, *x.shape).unbind(0)
+            lengths = self.ball.norm(moves).clamp_min(MIN_STEP_NORM).view(2, batch)
             alpha = (lengths[0] / (lengths[0] + lengths[1])).clamp(max=self.alpha_max)
             alpha = _per_example(alpha, x)
             current = (
@@ -203,10 +204,10 @@ register_preset(
     "fab-t",
     FAB,
     """FAB-T, the targeted FAB of AutoAttack's standard version: :class:`FAB` with
-    ``targeted=True`` (one run per target, the ``n_target_classes`` highest-scoring wrong classes).
+    ``targeted=True`` (one run per target, the ``targets`` highest-scoring wrong classes).
 
     Example:
-        >>> attack = create_attack("fab-t", eps=8 / 255, n_target_classes=9)
+        >>> attack = create_attack("fab-t", eps=8 / 255, targets=9)
         >>> x_adv = attack(model, x, y)
     """,
     targeted=True,

@@ -23,16 +23,16 @@ SCHEDULE_SCALE = 10_000
 SEARCH_LOSSES = ("margin", "ce")
 
 
-def p_selection(iteration: int, p_init: float = 0.8, n_queries: int | None = None) -> float:
+def p_selection(iteration: int, p_init: float = 0.8, queries: int | None = None) -> float:
     """Fraction of the image covered by the square sampled at ``iteration`` (0-based).
 
     ``p_init`` halves after iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000. As in
     AutoAttack (``resc_schedule=False``) the schedule is on that 10000-iteration scale whatever
-    the budget; pass ``n_queries`` to stretch it over ``n_queries`` iterations instead (the
+    the budget; pass ``queries`` to stretch it over ``queries`` iterations instead (the
     reference's ``resc_schedule=True``).
     """
-    if n_queries is not None:
-        iteration = int(iteration / n_queries * SCHEDULE_SCALE)
+    if queries is not None:
+        iteration = int(iteration / queries * SCHEDULE_SCALE)
     return p_init / 2 ** bisect.bisect_left(P_HALVING_ITERATIONS, iteration)
 
 
@@ -159,9 +159,9 @@ class Square(Attack):
 
     ``info["queries"]`` holds the forward passes spent on each example (CPU int64, shape B): one
     for the clean check that picks the points to attack, then per restart one for the random
-    start and one per iteration. Each example's total never exceeds ``n_queries * n_restarts``
-    (AutoAttack's code runs ``n_queries`` iterations after its start, and a clean and a final
-    check: up to ``n_queries + 3`` forward passes).
+    start and one per iteration. Each example's total never exceeds ``queries * restarts``
+    (AutoAttack's code runs ``queries`` iterations after its start, and a clean and a final
+    check: up to ``queries + 3`` forward passes).
 
     Differences from AutoAttack's code, each following the paper: squares are placed uniformly
     over all positions (Algorithm 2's ``{0, ..., w - h}``; the code never draws the last row and
@@ -174,19 +174,19 @@ class Square(Attack):
     Args:
         eps: budget (default 8/255).
         norm: ``"Linf"`` or ``"L2"``.
-        n_queries: query budget per example and restart (default 5000, AutoAttack's).
-        n_restarts: searches from new random starts, each on the points still robust (default 1).
+        queries: query budget per example and restart (default 5000, AutoAttack's).
+        restarts: searches from new random starts, each on the points still robust (default 1).
         p_init: fraction of the image covered by the first squares (default 0.8).
         loss: ``"margin"`` (default) or ``"ce"``, the loss the search lowers; success is always
             decided by the margin.
-        rescale_schedule: stretch the p schedule over ``n_queries`` iterations instead of the
+        rescale_schedule: stretch the p schedule over ``queries`` iterations instead of the
             10000-iteration scale (default False, as AutoAttack).
         model_mode: ``"eval"`` (default) or ``"train"``.
 
     Shapes: ``x`` B x C x H x W in [0, 1], ``y`` B (int64) -> ``x_adv`` like ``x``.
 
     Example:
-        >>> attack = create_attack("square", eps=8 / 255, n_queries=5000)
+        >>> attack = create_attack("square", eps=8 / 255, queries=5000)
         >>> x_adv = attack(model, x, y)
     """
 
@@ -194,8 +194,8 @@ class Square(Attack):
         self,
         eps: float = 8 / 255,
         norm: str = "Linf",
-        n_queries: int = 5000,
-        n_restarts: int = 1,
+        queries: int = 5000,
+        restarts: int = 1,
         p_init: float = 0.8,
         loss: str = "margin",
         rescale_schedule: bool = False,
@@ -203,16 +203,16 @@ class Square(Attack):
         check_inputs: bool = True,
     ) -> None:
         super().__init__(eps, norm, model_mode, check_inputs)
-        if n_queries <= 0:
-            raise ConfigError("n_queries", n_queries, "must be > 0")
-        if n_restarts <= 0:
-            raise ConfigError("n_restarts", n_restarts, "must be > 0")
+        if queries <= 0:
+            raise ConfigError("queries", queries, "must be > 0")
+        if restarts <= 0:
+            raise ConfigError("restarts", restarts, "must be > 0")
         if not 0 < p_init <= 1:
             raise ConfigError("p_init", p_init, "must be in (0, 1]")
         if loss not in SEARCH_LOSSES:
             raise ConfigError("loss", loss, f"one of {', '.join(SEARCH_LOSSES)}")
-        self.n_queries = int(n_queries)
-        self.n_restarts = int(n_restarts)
+        self.queries = int(queries)
+        self.restarts = int(restarts)
         self.p_init = float(p_init)
         self.loss = loss
         self.rescale_schedule = rescale_schedule
@@ -238,8 +238,8 @@ class Square(Attack):
         x_adv = x.clone()
         best_loss = torch.full_like(margin, float("inf"))
         robust = margin > 0
-        for restart in range(self.n_restarts):
-            budget = self.n_queries - (restart == 0)  # the clean check was the first query
+        for restart in range(self.restarts):
+            budget = self.queries - (restart == 0)  # the clean check was the first query
             todo = robust.nonzero().squeeze(1)
             if budget < 1 or todo.numel() == 0:
                 break
@@ -300,8 +300,8 @@ class Square(Attack):
         return best, margin, loss, used
 
     def _square_side(self, x: torch.Tensor, iteration: int) -> int:
-        n_queries = self.n_queries if self.rescale_schedule else None
-        p = p_selection(iteration, self.p_init, n_queries)
+        queries = self.queries if self.rescale_schedule else None
+        p = p_selection(iteration, self.p_init, queries)
         return square_side(p, x.shape[2], x.shape[3], self.norm)
 
     # -- L-inf (Algorithm 2) -------------------------------------------------------------------

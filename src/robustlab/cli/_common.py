@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..registry import Registry
@@ -42,15 +43,30 @@ def add_set_argument(
     )
 
 
-def add_store_argument(parser: Any) -> None:
+def add_store_argument(parser: Any, of_run: bool = False) -> None:
+    """``--store DB``. With ``of_run`` (commands given an existing run: ``eval RUN``,
+    ``train --resume RUN``) it is unset by default, so that :func:`store_for` picks the store
+    the run recorded rather than one under the working directory."""
     from ..store import DEFAULT_STORE
 
     parser.add_argument(
         "--store",
-        default=str(DEFAULT_STORE),
+        default=None if of_run else str(DEFAULT_STORE),
         metavar="DB",
-        help=f"results store (default {DEFAULT_STORE})",
+        help=f"results store (default {DEFAULT_STORE}"
+        + ("; for an existing run, the store it recorded)" if of_run else ")"),
     )
+
+
+def store_for(given: str | None, run: Any = None) -> Path:
+    """The results store to use: ``--store`` if given, else the one ``run`` (a
+    :class:`~robustlab.rundir.RunDirectory`) recorded, else the default ``runs/robustlab.db``."""
+    from ..store import DEFAULT_STORE
+
+    if given is not None:
+        return Path(given)
+    recorded = run.recorded_store() if run is not None else None
+    return recorded if recorded is not None else DEFAULT_STORE
 
 
 class Command:

@@ -1,10 +1,15 @@
-"""``robustlab config [CONFIG.toml] [--set KEY=VALUE ...]``: the resolved config, or the key table."""
+"""``robustlab config [CONFIG.toml] [--set KEY=VALUE ...]``: the resolved config, or the key table.
+
+The config is validated exactly as ``robustlab train`` validates it (its data loaded, its model
+built on the meta device), so what it prints is a run train accepts.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from ..config import build_config, describe_keys, to_toml
+from ..training.validation import validate_run
 from ._common import add_set_argument, register_command
 
 
@@ -22,7 +27,11 @@ def run(args: argparse.Namespace) -> int:
     if args.keys:
         print(keys_table())
         return 0
-    print(to_toml(build_config(args.config, args.overrides)), end="")
+    config = build_config(args.config, args.overrides)
+    # The checks train makes with the data and the model built (depths, options, sizes),
+    # without training or writing: a config printed here is one train accepts.
+    validate_run(config)
+    print(to_toml(config), end="")
     return 0
 
 

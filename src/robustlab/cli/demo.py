@@ -14,8 +14,8 @@ from typing import Any
 
 from ..attacks import create_attack
 from ..config import build_config
-from ..report import render_table
-from ..rundir import RunDirectory, new_run_id
+from ..report import evaluation_label, format_eps, render_table
+from ..rundir import RunDirectory, check_can_create, new_run_id, with_absolute_paths
 from ..store import ResultsStore
 from ..training.runner import fit, prepare
 from ._common import add_set_argument, add_store_argument, emit_json, info, register_command
@@ -53,16 +53,20 @@ def run(args: argparse.Namespace) -> int:
         *args.overrides,
         *([f"train.epochs={args.epochs}"] if args.epochs is not None else []),
     ]
-    configs = {m: build_config(None, [*overrides, f"method.name={m}"]) for m in METHODS}
+    configs = {
+        m: with_absolute_paths(build_config(None, [*overrides, f"method.name={m}"]))
+        for m in METHODS
+    }
     experiments = {
         m: prepare(c) for m, c in configs.items()
     }  # all checks before anything is written
+    check_can_create(Path(args.out), "--out")  # and --store's, in ResultsStore: before writing
     store = ResultsStore(args.store)
     rows: list[dict[str, Any]] = []
     for method, experiment in experiments.items():
         config = configs[method]
         run_id = new_run_id(config)
-        run_dir = RunDirectory.create(Path(args.out) / run_id, config, run_id)
+        run_dir = RunDirectory.create(Path(args.out) / run_id, config, run_id, store=args.store)
         info(
             f"[{method}] training {config.model.name} (width {experiment.model_spec['width']}) on {config.data.name} "
             f"for {config.train.epochs} epochs -> {run_dir.path}",
@@ -83,15 +87,19 @@ def run(args: argparse.Namespace) -> int:
         summary, _ = evaluate_model(
             loaded, {"pgd": attack}, device=experiment.device, store_path=args.store
         )
+        summary["label"] = evaluation_label(
+            summary["source"], summary["attack_settings"], ev.norm, ev.eps, summary["split"]
+        )
         rows.append({"method": method, "run_id": run_id, "train_seconds": train_seconds, **summary})
     config = configs[METHODS[0]]
+    width = experiments[METHODS[0]].model_spec["width"]
     if args.json:
         emit_json({"eps": config.eval.eps, "norm": config.eval.norm, "runs": rows})
         return 0
     print()
     print(
-        f"digits, {config.model.name} width {config.model.width}, PGD-{FINAL_ATTACK['steps']} x {FINAL_ATTACK['restarts']} restarts "
-        f"at eps = {config.eval.eps:g} ({config.eval.norm}), {rows[0]['n']} test points"
+        f"{config.data.name}, {config.model.name} width {width}, PGD-{FINAL_ATTACK['steps']} x {FINAL_ATTACK['restarts']} restarts "
+        f"at eps = {format_eps(config.eval.eps)} ({config.eval.norm}), {rows[0]['n']} test points"
     )
     table = [
         [
@@ -100,14 +108,15 @@ def run(args: argparse.Namespace) -> int:
             r["robust_accuracy"],
             r["perturbation_stability"],
             r["train_seconds"],
+            r["label"],
         ]
         for r in rows
     ]
     print(
         render_table(
-            ["method", "natural acc", "robust acc", "stability", "train s"],
+            ["method", "natural acc", "robust acc", "stability", "train s", "measured"],
             table,
-            ["auto", "pct", "pct", "pct", "auto"],
+            ["auto", "pct", "pct", "pct", "auto", "auto"],
         )
     )
     print("\nstability: the share of test points whose prediction the attack cannot change;")

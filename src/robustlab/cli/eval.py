@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from .._fraction import parse_number
 from .._io import atomic_write_bytes
 from .._options import accepted_options
 from ..attacks import ATTACKS, Attack, create_attack, model_mode
-from ..config import NORMS, build_config, default_alpha
+from ..config import NORMS, RunConfig, build_config, default_alpha
 from ..errors import ConfigError
 from ..evaluation import STABILITY_LABELS, RobustnessResult, evaluate_robustness, expand_attacks
 from ..evaluation.checks import (
@@ -27,22 +28,18 @@ from ..evaluation.checks import (
     run_pre_checks,
 )
 from ..progress import Progress
-from ..report import render_table
+from ..report import attack_settings, render_table
 from ..store import ResultsStore
 from ..training.checkpoint import seed_everything
 from ..training.runner import load_data, resolve_device
-from ._common import add_store_argument, emit_json, info, register_command
-from ._sources import LoadedModel, load_model, with_normalization
+from ._common import add_store_argument, emit_json, info, register_command, store_for
+from ._sources import LoadedModel, check_fits, load_model, parse_model_args, with_normalization
 
-# Command-line options and the constructor arguments they set, by the names attacks use.
-OPTION_ALIASES = {
-    "steps": ("steps", "n_iter"),
-    "restarts": ("restarts", "n_restarts"),
-    "alpha": ("alpha",),
-    "queries": ("n_queries",),
-    "targets": ("n_target_classes",),
-    "version": ("version",),
-}
+# Command-line options that set attack constructor arguments: each flag sets the keyword of the
+# same name (``--steps`` sets ``steps``), the one vocabulary every attack uses.
+ATTACK_OPTIONS = ("steps", "restarts", "alpha", "queries", "targets", "version")
+# ...except AutoAttack's ``version``: ``--version`` reads as the program's version.
+OPTION_FLAGS = {**{o: f"--{o}" for o in ATTACK_OPTIONS}, "version": "--aa-version"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run directory, robustlab checkpoint, TorchScript file, or module:function",
     )
     parser.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="model_args",
+        help="keyword argument of a module:function model (repeatable), e.g. "
+        "--model-arg model_name=Carmon2019Unlabeled; values are TOML or Python literals, else text",
+    )
+    parser.add_argument(
         "--checkpoint", default="last", help="for a run directory: last (default) or best"
     )
     parser.add_argument(
@@ -59,7 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="pgd",
         help=f"attack, or several joined by commas, run as a worst-case cascade; one of {', '.join(ATTACKS.names())}",
     )
-    parser.add_argument("--version", help="AutoAttack version: standard (default), plus, rand")
+    parser.add_argument(
+        "--aa-version",
+        dest="version",
+        help="AutoAttack version: standard (default), plus, rand",
+    )
     parser.add_argument("--eps", help="budget, e.g. 8/255 (default: the run's eval.eps)")
     parser.add_argument("--norm", help="Linf or L2 (default: the run's eval.norm)")
     parser.add_argument(
@@ -86,7 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="attack the predicted (default) or the true label",
     )
     parser.add_argument("--data", help="dataset of a model from outside a run (e.g. cifar10)")
-    parser.add_argument("--data-root", help="where its official files are (default: data)")
+    parser.add_argument(
+        "--data-root",
+        help="where the dataset files are (default: the run's data.root, else data)",
+    )
     parser.add_argument(
         "--mean",
         help="per-channel mean, e.g. 0.4914,0.4822,0.4465, for a model expecting normalized input",
@@ -101,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="save the cascade state there as it goes, and resume from it if it exists",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    add_store_argument(parser)
+    add_store_argument(parser, of_run=True)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -151,7 +164,7 @@ def build_attacks(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, At
     eps, norm = threat_model_settings(args, loaded)
     given = {
         option: getattr(args, option)
-        for option in OPTION_ALIASES
+        for option in ATTACK_OPTIONS
         if getattr(args, option) is not None
     }
     for option in ("steps", "restarts", "queries", "targets"):
@@ -164,10 +177,10 @@ def build_attacks(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, At
         accepted = set(accepted_options(ATTACKS.get(name)))
         kwargs: dict[str, Any] = {"eps": eps, "norm": norm}
         for option, value in given.items():
-            targets = [a for a in OPTION_ALIASES[option] if a in accepted]
-            if not targets and len(names) == 1:
-                raise ConfigError(f"--{option}", value, f"{name} takes no such setting")
-            kwargs.update(dict.fromkeys(targets, value))
+            if option in accepted:
+                kwargs[option] = value
+            elif len(names) == 1:
+                raise ConfigError(OPTION_FLAGS[option], value, f"{name} takes no such setting")
         if name == "pgd" and loaded.config is not None:
             kwargs = {**_run_pgd_settings(loaded, eps, kwargs), **kwargs}
         key = name if name not in attacks else f"{name}#{len(attacks)}"
@@ -196,9 +209,9 @@ def _check_counts(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json
     _check_counts(args)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     loaded = with_normalization(
-        load_model(args.model, args.checkpoint, device),
+        load_model(args.model, args.checkpoint, device, parse_model_args(args.model_args)),
         _floats("--mean", args.mean),
         _floats("--std", args.std),
     )
@@ -213,20 +226,23 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         data_root=args.data_root,
         device=device,
-        store_path=args.store,
+        # a run's evaluations go to the store it recorded, wherever eval is started from
+        store_path=store_for(args.store, loaded.run_dir),
         save_adv=args.save_adv,
         state_path=args.state,
         show_progress=not quiet,
+        announce=None if args.json else info,
     )
     if args.json:
         emit_json(summary)
         return 0
     for flag in summary["flags"]:
         info(f"warning [{flag['code']}]: {flag['message']}")
-    info(
-        f"{summary['source']}: {summary['n']} test points, {summary['norm']} eps {summary['eps']:.4g}"
-    )
     print(result_table(result))
+    print(
+        f"perturbation norm ({summary['norm']}, eps {summary['eps']:.4g}): "
+        f"mean {summary['mean_perturbation_norm']:.4g}, max {summary['max_perturbation_norm']:.4g}"
+    )
     if "queries" in summary:
         print(
             f"Square queries per attacked point: mean {summary['queries']['mean']:.0f}, median {summary['queries']['median']:.0f}"
@@ -267,11 +283,21 @@ def evaluate_model(
     save_adv: str | Path | None = None,
     state_path: str | Path | None = None,
     show_progress: bool = False,
+    announce: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], RobustnessResult]:
     """Check, attack and record one model on its test set.
 
+    Only the evaluated test points go to ``device``; the dataset is read on the CPU.
+    ``announce`` is given one line naming the model, data, attacks, threat model and number
+    of points before the work starts (:func:`evaluation_header`).
+
     Returns the JSON summary (the point-wise worst case over the attacks, ``per_attack``,
     ``flags``...) and the full result.
+
+    Raises:
+        ConfigError: the model does not take the data's inputs or returns other than
+            (N, classes) logits (:func:`~robustlab.cli._sources.check_fits`).
+        RunError: ``state_path`` holds a state of another model, data, attacks or seed.
     """
     config = loaded.config
     if data is not None or config is None:
@@ -289,22 +315,24 @@ def evaluate_model(
         config = build_config(None, [f"data.root={data_root}"], base=config.to_dict())
     batch_size = batch_size or (loaded.config.eval.batch_size if loaded.config else 500)
     torch_device = torch.device(device)
-    dataset = load_data(config, torch_device)
-    images, labels = dataset.test_x[:n], dataset.test_y[:n]
+    images, labels, num_classes = load_test_points(config, n, torch_device)
     stability_labels = stability_labels or (
         loaded.config.eval.stability_labels if loaded.config else "predicted"
     )
     model = loaded.model.to(torch_device)
     flags = [check_train_mode(model)]
-    seed_everything(seed)
     sample = images[: min(batch_size, 256)]
     sample_x = sample.float().div(255) if sample.dtype == torch.uint8 else sample
+    check_fits(loaded, sample_x, num_classes, config.data.name)
+    stages = expand_attacks(attacks)
+    if announce is not None:
+        announce(evaluation_header(loaded, config.data.name, stages, len(labels)))
+    seed_everything(seed)
     with model_mode(model, "eval"):
         flags += run_pre_checks(model, sample_x, labels[: len(sample)])
     seed_everything(seed)
-    stages = expand_attacks(attacks)
-    total = sum((len(labels) + batch_size - 1) // batch_size for _ in stages)
-    with Progress(total, "attack", enabled=show_progress) as bar:
+    total = len(stages) * -(-len(labels) // batch_size)
+    with Progress(total, "eval", enabled=show_progress) as bar:
         result = evaluate_robustness(
             model,
             images,
@@ -315,6 +343,7 @@ def evaluate_model(
             progress=bar,
             keep_adv=save_adv is not None,
             state_path=state_path,
+            seed=seed,
         )
     flags.append(check_black_box_gap(result.per_attack))
     result.flags = flags_as_dicts(flags)
@@ -324,6 +353,9 @@ def evaluate_model(
     summary.update(
         {
             "attack": ",".join(attacks),
+            # What the number measured, for the labels of `show` and `runs` (report.labels).
+            "attack_settings": attack_settings(attacks),
+            "split": "test" if n is None or len(labels) < n else f"test[:{len(labels)}]",
             "norm": first.norm,
             "eps": first.eps,
             "epoch": loaded.epoch,
@@ -346,6 +378,30 @@ def evaluate_model(
             run_id, loaded.source, summary["attack"], first.norm, first.eps, summary
         )
     return summary, result
+
+
+def load_test_points(
+    config: RunConfig, n: int | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The first ``n`` test images and labels on ``device``, and the number of classes.
+
+    The dataset (training split included: 50,000 CIFAR images against 10,000 test ones) is
+    read on the CPU; only the points evaluated are moved.
+    """
+    dataset = load_data(config, torch.device("cpu"))
+    return dataset.test_x[:n].to(device), dataset.test_y[:n].to(device), dataset.num_classes
+
+
+def evaluation_header(loaded: LoadedModel, data: str, stages: dict[str, Attack], n: int) -> str:
+    """One line saying what is about to be evaluated, printed before the work starts:
+    ``run RUN_ID last@30 on cifar10 (1000 test points): apgd-ce, apgd-t, fab-t, square at Linf
+    eps 0.03137``."""
+    first = next(iter(stages.values()))
+    model = f"run {loaded.run_dir.run_id} {loaded.source}" if loaded.run_dir else loaded.source
+    return (
+        f"{model} on {data} ({n} test points): {', '.join(stages)} "
+        f"at {first.norm} eps {first.eps:.4g}"
+    )
 
 
 def _save_adversarial(

@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from ..report import render_table
+from ..report import evaluation_label, render_table
+from ..report.labels import epoch_split
+from ..rundir import shown_status
 from ..store import ResultsStore
+from ..store.sqlite import RunRecord
 from ._common import add_store_argument, emit_json, register_command
+
+COLUMNS = [
+    # (row key, header, kind)
+    ("run_id", "run", "auto"),
+    ("status", "status", "auto"),
+    ("dataset", "data", "auto"),
+    ("model", "model", "auto"),
+    ("width", "width", "auto"),
+    ("method", "method", "auto"),
+    ("lam", "λ", "auto"),
+    ("eps", "train ε", "auto"),
+    ("epochs", "epochs", "auto"),
+    ("nat_acc", "nat acc", "pct"),
+    ("rob_acc", "rob acc", "pct"),
+    ("stability", "stability", "pct"),
+    ("measured", "measured", "auto"),
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,18 +35,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
+def headline(record: RunRecord) -> dict[str, Any]:
+    """The run's one robust accuracy and what it measured.
+
+    The final evaluation of the last model on the whole test set when the run made one
+    (``eval.final``), else the last epoch's evaluation on ``eval.n`` test points: both under
+    the run's evaluation attack (``eval.*``), labelled so the two are never confused.
+    """
+    ev = record.config.get("eval", {})
+    settings = [{"name": "pgd", "steps": ev.get("steps"), "restarts": ev.get("restarts")}]
+    norm, eps = ev.get("norm", record.norm), ev.get("eps", record.eps)
+    last = (record.summary.get("selection") or {}).get("last")
+    if last:
+        return {
+            "nat_acc": last.get("natural_accuracy"),
+            "rob_acc": last.get("robust_accuracy"),
+            "stability": last.get("perturbation_stability"),
+            "measured": evaluation_label(f"last@{last['epoch']}", settings, norm, eps, "test"),
+        }
+    final = record.summary.get("final") or {}
+    if final.get("test_rob_acc") is None:
+        return {"nat_acc": None, "rob_acc": None, "stability": None, "measured": "-"}
+    return {
+        "nat_acc": final.get("test_nat_acc"),
+        "rob_acc": final.get("test_rob_acc"),
+        "stability": final.get("test_stability"),
+        "measured": evaluation_label(
+            f"epoch {final['epoch']}", settings, norm, eps, epoch_split(ev.get("n"))
+        ),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     store = ResultsStore(args.store, create=False)
-    records = store.runs()
     rows = []
-    for r in records:
-        final = r.summary.get("final") or {}
+    for r in store.runs():
         best = r.summary.get("best") or {}
         done = len(store.epochs(r.run_id))
         rows.append(
             {
                 "run_id": r.run_id,
-                "status": r.status,
+                "run_dir": r.run_dir,
+                # A run recorded `running` whose process is gone was interrupted (SIGKILL, ...).
+                "status": shown_status(r.status, r.pid, r.host),
                 "dataset": r.dataset,
                 "model": r.model,
                 "width": r.width,
@@ -33,10 +85,8 @@ def run(args: argparse.Namespace) -> int:
                 "lam": r.lam,
                 "eps": r.eps,
                 "epochs": f"{done}/{r.epochs}",
+                **headline(r),
                 "best_val_rob_acc": best.get("val_rob_acc"),
-                "test_nat_acc": final.get("test_nat_acc"),
-                "test_rob_acc": final.get("test_rob_acc"),
-                "test_stability": final.get("test_stability"),
                 "tag": r.tag,
             }
         )
@@ -46,37 +96,16 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no runs in {store.path}")
         return 0
-    columns = [
-        "run_id",
-        "status",
-        "dataset",
-        "model",
-        "width",
-        "method",
-        "lam",
-        "eps",
-        "epochs",
-        "test_nat_acc",
-        "test_rob_acc",
-        "test_stability",
-    ]
-    headers = [
-        "run",
-        "status",
-        "data",
-        "model",
-        "width",
-        "method",
-        "λ",
-        "ε",
-        "epochs",
-        "nat acc",
-        "rob acc",
-        "stability",
-    ]
-    kinds = ["auto"] * 9 + ["pct"] * 3
-    print(render_table(headers, [[row[c] for c in columns] for row in rows], kinds))
+    print(
+        render_table(
+            [h for _, h, _ in COLUMNS],
+            [[row[key] for key, _, _ in COLUMNS] for row in rows],
+            [k for _, _, k in COLUMNS],
+        )
+    )
+    if any(row["status"] == "interrupted" for row in rows):
+        print("\ncontinue an interrupted run with `robustlab train --resume RUN_DIR`")
     return 0
 
 
-register_command("runs", "list the runs in the results store", add_arguments, run)
+register_command("runs", "list the runs in the store", add_arguments, run)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import RunError
-from ..report import render_table
-from ..rundir import RunDirectory
+from ..report import evaluation_label, render_table, stored_evaluation_label
+from ..report.labels import epoch_split
+from ..rundir import RunDirectory, shown_status
 from ..store import ResultsStore
 from ._common import add_store_argument, emit_json, register_command
 
@@ -30,6 +33,16 @@ COLUMNS = [
 ]
 
 
+@dataclass
+class ShownRun:
+    run_id: str
+    run_dir: str
+    status: str
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    evaluations: list[dict[str, Any]]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "run", metavar="RUN", help="run id (or unique prefix) in the store, or a run directory"
@@ -39,51 +52,78 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_id, run_dir, history, evaluations = _load(args.run, args.store)
+    shown = _load(args.run, args.store)
+    for e in shown.evaluations:
+        e["label"] = stored_evaluation_label(e)
     if args.json:
         emit_json(
-            {"run_id": run_id, "run_dir": run_dir, "epochs": history, "evaluations": evaluations}
+            {
+                "run_id": shown.run_id,
+                "run_dir": shown.run_dir,
+                "status": shown.status,
+                "epoch_evaluation": epoch_evaluation_label(shown.config),
+                "epochs": shown.history,
+                "evaluations": shown.evaluations,
+            }
         )
         return 0
-    print(f"{run_id}  ({run_dir})")
-    rows = [[m.get(key) for key, _, _ in COLUMNS] for m in history]
+    print(f"{shown.run_id}  ({shown.run_dir})  {shown.status}")
+    if shown.status == "interrupted":
+        print(f"continue it with `robustlab train --resume {shown.run_dir}`")
+    print(f"\nper epoch: {epoch_evaluation_label(shown.config)}")
+    rows = [[m.get(key) for key, _, _ in COLUMNS] for m in shown.history]
     print(render_table([h for _, h, _ in COLUMNS], rows, [k for _, _, k in COLUMNS]))
-    if evaluations:
-        print("\nevaluations")
+    if shown.evaluations:
+        print("\nevaluations (weights@epoch, attack-steps x restarts, threat model, points)")
         rows = [
             [
                 e["eval_id"],
-                e["source"],
-                e["attack"],
-                e["norm"],
-                e["eps"],
+                e["label"],
                 e["n"],
+                e["details"].get("seed"),
                 e["natural_accuracy"],
                 e["robust_accuracy"],
                 e["perturbation_stability"],
             ]
-            for e in evaluations
+            for e in shown.evaluations
         ]
         print(
             render_table(
-                ["id", "checkpoint", "attack", "norm", "ε", "n", "nat acc", "rob acc", "stability"],
+                ["id", "measured", "n", "seed", "nat acc", "rob acc", "stability"],
                 rows,
-                ["auto"] * 6 + ["pct"] * 3,
+                ["auto"] * 4 + ["pct"] * 3,
             )
         )
     return 0
 
 
-def _load(ref: str, store_path: str) -> tuple[str, str, list[dict], list[dict]]:
+def epoch_evaluation_label(config: dict[str, Any]) -> str:
+    """What the per-epoch accuracies measured: ``pgd-20 Linf ε=0.2 on train[:1000], val,
+    test`` (the run's ``eval.*``; robust accuracy under that attack, natural without)."""
+    ev = config.get("eval") or {}
+    if not ev:
+        return "(the run's config is not available)"
+    settings = [{"name": "pgd", "steps": ev.get("steps"), "restarts": ev.get("restarts")}]
+    attack = evaluation_label(None, settings, ev["norm"], ev["eps"], split="")
+    splits = [f"train[:{ev['n_train']}]"] if ev.get("n_train") else []
+    if (config.get("data") or {}).get("val_size"):
+        splits.append("val")
+    splits.append(epoch_split(ev.get("n")))
+    return f"{attack} on {', '.join(splits)}"
+
+
+def _load(ref: str, store_path: str) -> ShownRun:
     """From the store when it knows the run; a run directory is read directly otherwise."""
     store = None
     if Path(store_path).exists():
         store = ResultsStore(store_path, create=False)
         try:
             record = store.run(ref)
-            return (
+            return ShownRun(
                 record.run_id,
                 record.run_dir,
+                shown_status(record.status, record.pid, record.host),
+                record.config,
                 store.epochs(record.run_id),
                 store.evaluations(record.run_id),
             )
@@ -92,8 +132,15 @@ def _load(ref: str, store_path: str) -> tuple[str, str, list[dict], list[dict]]:
                 raise
     if Path(ref).is_dir():
         run_dir = RunDirectory.open(ref)
-        evaluations = store.evaluations(run_dir.run_id) if store else []
-        return run_dir.run_id, str(run_dir.path), run_dir.read_metrics(), evaluations
+        info = run_dir.read_info()
+        return ShownRun(
+            run_dir.run_id,
+            str(run_dir.path),
+            shown_status(info.get("status", "unknown"), info.get("pid"), info.get("host")),
+            run_dir.read_config().to_dict(),
+            run_dir.read_metrics(),
+            store.evaluations(run_dir.run_id) if store else [],
+        )
     raise RunError(f"run {ref!r}: not a run directory, and the store {store_path!r} does not exist")
 
 

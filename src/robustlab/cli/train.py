@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, build_config
 from ..errors import ConfigError
-from ..report import render_table
-from ..rundir import RunDirectory, new_run_id
+from ..report import evaluation_label, render_table
+from ..report.labels import epoch_split
+from ..rundir import RunDirectory, new_run_id, with_absolute_paths
 from ..store import ResultsStore
 from ..training.runner import FitResult, fit, prepare
-from ._common import add_set_argument, add_store_argument, emit_json, info, register_command
+from ._common import (
+    add_set_argument,
+    add_store_argument,
+    emit_json,
+    info,
+    register_command,
+    store_for,
+)
 
 RUNS_ROOT = Path("runs")
 
@@ -27,7 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--download", action="store_true", help="download missing dataset files (needs torchvision)"
     )
-    add_store_argument(parser)
+    parser.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="where the dataset files are (= --set data.root=DIR; with --resume: where they "
+        "are now, if not where the run recorded them)",
+    )
+    add_store_argument(parser, of_run=True)
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object (run_dir, final, best) on stdout"
     )
@@ -51,13 +66,23 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(args.config, overrides)
         run_id = new_run_id(config)
         run_dir = None
+    if args.data_root is not None:  # with --resume: the data moved, the run records where to
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, root=args.data_root)
+        )
+    # A run records absolute paths: its results must not depend on where it is resumed or
+    # evaluated from (a run made before this gets the root its data was just found under).
+    config = with_absolute_paths(config)
     experiment = prepare(config)  # every check that can fail happens before anything is written
     out = Path(args.out) if args.out else RUNS_ROOT / run_id
     if run_dir is None:
         RunDirectory.check_free(out)
-    store = ResultsStore(args.store)
+    store_file = store_for(args.store, run_dir)  # a resumed run: the store it recorded
+    store = ResultsStore(store_file)
     if run_dir is None:
-        run_dir = RunDirectory.create(out, config, run_id)
+        run_dir = RunDirectory.create(out, config, run_id, store=store_file)
+    else:
+        run_dir.record_paths(config, store_file)
     info(f"run {run_id} -> {run_dir.path}", quiet)
     result = fit(
         experiment,
@@ -96,15 +121,19 @@ def _print_epoch(m: dict[str, Any]) -> None:
 
 def summary_table(config: RunConfig, result: FitResult) -> str:
     """The final model selection (last, best by validation, PAS ensemble) on the whole test set;
-    the last epoch's per-epoch numbers when the final evaluation is off."""
+    the last epoch's per-epoch numbers when the final evaluation is off. Each robust accuracy
+    is labelled with what it measured (``last@30 pgd-20 Linf ε=0.2 test``)."""
+    ev = config.eval
+    settings = [{"name": "pgd", "steps": ev.steps, "restarts": ev.restarts}]
     if result.selection:
         rows = [
             [
                 which,
-                s["epoch"],
                 s["natural_accuracy"],
                 s["robust_accuracy"],
                 s["perturbation_stability"],
+                s.get("label")
+                or evaluation_label(f"{which}@{s['epoch']}", settings, ev.norm, ev.eps),
             ]
             for which, s in result.selection.items()
         ]
@@ -112,20 +141,22 @@ def summary_table(config: RunConfig, result: FitResult) -> str:
         rows = [
             [
                 label,
-                m["epoch"],
                 m.get("test_nat_acc"),
                 m.get("test_rob_acc"),
                 m.get("test_stability"),
+                evaluation_label(
+                    f"epoch {m['epoch']}", settings, ev.norm, ev.eps, epoch_split(ev.n)
+                ),
             ]
             for label, m in (("last", result.final), ("best (val)", result.best))
             if m
         ]
     table = render_table(
-        ["model", "epoch", "natural acc", "robust acc", "stability"],
+        ["model", "natural acc", "robust acc", "stability", "measured"],
         rows,
-        ["auto", "auto", "pct", "pct", "pct"],
+        ["auto", "pct", "pct", "pct", "auto"],
     )
-    title = f"{result.run_id}  ({config.method.name}, {config.model.name}, eps {config.eval.eps:.4g} {config.eval.norm})"
+    title = f"{result.run_id}  ({config.method.name}, {config.model.name})"
     return f"{title}\n{table}"
 
 

@@ -6,6 +6,7 @@ the "files missing" and "cannot download" messages read the same for all of them
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +17,36 @@ from ..errors import DataNotFoundError
 # fetch(torchvision.datasets, root) downloads a dataset into root in its official layout.
 Fetch = Callable[[ModuleType, Path], object]
 T = TypeVar("T")
+
+# torch 2.x pairs with torchvision 0.(minor + 15).patch (torch 2.3.1 <-> torchvision 0.18.1;
+# the pairs are listed at https://github.com/pytorch/vision#installation); the local version
+# (+cpu, +cu126, +rocm6.2, +xpu) names the wheel index the build comes from.
+_TORCH_RELEASE = re.compile(r"^2\.(\d+)\.(\d+)(?:\+(cpu|cu\d+|rocm[\d.]+|xpu))?$")
+TORCH_WHEEL_INDEX = "https://download.pytorch.org/whl"
+
+
+def torchvision_install_hint(torch_version: str | None = None) -> str:
+    """The ``pip`` command installing the torchvision build that matches the installed torch.
+
+    A plain ``pip install torchvision`` takes the newest torchvision from PyPI, which pins the
+    newest torch: on a CPU machine that replaces the CPU torch with a multi-GB CUDA build.
+
+    >>> torchvision_install_hint("2.13.0+cpu")
+    'pip install torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cpu'
+    """
+    if torch_version is None:
+        import torch
+
+        torch_version = torch.__version__
+    match = _TORCH_RELEASE.match(torch_version)
+    if match is None:  # a nightly, a source build, a future major version
+        return (
+            f"the torchvision build matching torch {torch_version} "
+            "(https://github.com/pytorch/vision#installation)"
+        )
+    minor, patch, local = match.groups()
+    command = f"pip install torchvision==0.{int(minor) + 15}.{patch}"
+    return f"{command} --index-url {TORCH_WHEEL_INDEX}/{local}" if local else command
 
 
 def first_directory_with(candidates: Sequence[Path], names: Sequence[str]) -> Path | None:
@@ -61,9 +92,17 @@ def locate(
         return found
     files = ", ".join(str(path) for path in expected)
     if not download:
-        hint = "; or pass --download with torchvision installed" if fetch is not None else ""
+        hint = (
+            f"; or pass --download, with torchvision installed: {torchvision_install_hint()}"
+            if fetch is not None
+            else ""
+        )
+        # A relative root is read from the working directory: say which, it may not be the
+        # one the files are under.
+        where = "" if root.is_absolute() else f" (in the working directory {Path.cwd()})"
         raise DataNotFoundError(
-            f"data.root={str(root)!r}: {dataset} needs {files} (official files: {source}{hint})"
+            f"data.root={str(root)!r}{where}: {dataset} needs {files} "
+            f"(official files: {source}{hint})"
         )
     if fetch is None:
         raise DataNotFoundError(
@@ -74,8 +113,9 @@ def locate(
         from torchvision import datasets
     except ImportError:
         raise DataNotFoundError(
-            "data.download=True: --download needs torchvision (pip install torchvision); "
-            f"or place the official files: {files} (from {source})"
+            f"data.download=True: --download needs torchvision, the build matching this torch: "
+            f"{torchvision_install_hint()}; or download {source} and unpack it under "
+            f"{str(root)!r} so that {files} exist"
         ) from None
     root.mkdir(parents=True, exist_ok=True)
     try:

@@ -14,6 +14,8 @@ when it is correct and stable.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,10 +28,24 @@ from torch import nn
 from ..attacks import Attack
 from ..attacks.base import validate_logits
 from ..errors import ConfigError, RunError
+from ..progress import StageProgress
 
 STABILITY_LABELS = ("predicted", "true")
 # Save the state at most this often during an attack (and always when an attack ends).
 SAVE_INTERVAL_S = 30.0
+
+# What a saved state must have been computed for to be resumed, in the order they are compared,
+# and how a mismatch reads ("... was saved for <this>"). Without the model and data parts, a
+# state saved for one model resumed silently with another and reported the first one's flags.
+SIGNATURE_PARTS = {
+    "model": "another model (its parameters or buffers differ)",
+    "inputs": "other test inputs (--data, --n or the data files differ)",
+    "labels": "other labels",
+    "n": "another number of points (--n)",
+    "attacks": "other attacks or attack settings",
+    "stability_labels": "another --stability-labels",
+    "seed": "another --seed",
+}
 
 
 @dataclass
@@ -38,8 +54,9 @@ class CascadeState:
 
     Attributes:
         attacks: names of the attacks, in cascade order.
-        signature: what the state was computed for (attacks' settings, n, label mode); a state
-            is only resumed for the same signature.
+        signature: what the state was computed for (:data:`SIGNATURE_PARTS`: fingerprints of
+            the model and the data, the attacks' settings, n, label mode, seed); a state is only
+            resumed for the same signature.
         done: attacks finished so far.
         prediction: f(x) per point; ``correct``: f(x) == y.
         stable: no attack so far changed the prediction.
@@ -87,21 +104,102 @@ class CascadeState:
         save_checkpoint(path, {"cascade_state": self.__dict__})
 
     @classmethod
-    def load(cls, path: str | Path) -> CascadeState:
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> CascadeState:
+        """Read a state saved by :meth:`save`, with every tensor on ``device``.
+
+        The file is read onto the CPU whatever device wrote it (a state saved on ``cuda:1``
+        loads on a machine with one GPU), then moved: the cascade indexes these tensors with
+        indices on the evaluation's device, which must match.
+        """
         from ..training.checkpoint import load_checkpoint
 
-        payload = load_checkpoint(path)
+        payload = load_checkpoint(path, map_location="cpu")
         if "cascade_state" not in payload:
             raise RunError(f"{str(path)!r} is not a cascade state file")
-        return cls(**payload["cascade_state"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in payload["cascade_state"].items() if k in known}).to(device)
+
+    def to(self, device: torch.device | str) -> CascadeState:
+        """Every tensor field on ``device`` (in place; returns the state)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                setattr(self, f.name, value.to(device))
+        return self
 
 
-def signature_of(attacks: Mapping[str, Attack], n: int, stability_labels: str) -> dict[str, Any]:
-    return {
+def signature_of(
+    attacks: Mapping[str, Attack],
+    n: int,
+    stability_labels: str,
+    *,
+    model: nn.Module | None = None,
+    images: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """What a cascade state is computed for (see :data:`SIGNATURE_PARTS`).
+
+    The fingerprints of the model and the data are left out when not given (they cost one pass
+    over the weights and the test set, so they are only computed when a state is saved or
+    resumed).
+    """
+    signature: dict[str, Any] = {
         "attacks": {name: repr(a) for name, a in attacks.items()},
         "n": n,
         "stability_labels": stability_labels,
+        "seed": seed,
     }
+    if model is not None:
+        signature["model"] = model_fingerprint(model)
+    if images is not None:
+        signature["inputs"] = tensor_fingerprint(images)
+    if labels is not None:
+        signature["labels"] = tensor_fingerprint(labels)
+    return signature
+
+
+def _hash_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach()
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    # Raw bytes of any dtype (bfloat16 has no numpy type, so view the memory as bytes first).
+    digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def tensor_fingerprint(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and values."""
+    digest = hashlib.sha256()
+    _hash_tensor(digest, tensor)
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes and values): the same
+    weights give the same fingerprint on any device, other weights almost surely another."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        _hash_tensor(digest, tensor)
+    return digest.hexdigest()
+
+
+def check_signature(
+    saved: Mapping[str, Any], expected: Mapping[str, Any], path: str | Path | None = None
+) -> None:
+    """Refuse to resume a state computed for something else, naming the first difference.
+
+    Raises:
+        RunError: the state was saved for another model, data, attacks, label mode or seed (or
+            by a robustlab that did not record them).
+    """
+    where = f"the cascade state {str(path)!r}" if path is not None else "the cascade state"
+    for part, what in SIGNATURE_PARTS.items():
+        if part in expected and saved.get(part) != expected[part]:
+            if part not in saved:
+                what = f"an unknown {part} (saved by an older robustlab)"
+            raise RunError(
+                f"{where} was saved for {what}; delete it to start over, or pass another --state"
+            )
 
 
 def _as_float(images: torch.Tensor) -> torch.Tensor:
@@ -114,7 +212,7 @@ def _fresh_state(
     labels: torch.Tensor,
     attacks: Mapping[str, Attack],
     batch_size: int,
-    stability_labels: str,
+    signature: dict[str, Any],
     keep_adv: bool,
 ) -> CascadeState:
     """The clean pass: predictions and correctness, every point stable."""
@@ -134,7 +232,7 @@ def _fresh_state(
     )
     return CascadeState(
         attacks=list(attacks),
-        signature=signature_of(attacks, n, stability_labels),
+        signature=signature,
         prediction=prediction,
         correct=prediction == labels,
         stable=torch.ones(n, dtype=torch.bool, device=device),
@@ -159,6 +257,7 @@ def run_cascade(
     state: CascadeState | None = None,
     state_path: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
+    seed: int | None = None,
 ) -> CascadeState:
     """Run ``attacks`` one after another, each only on the points still stable.
 
@@ -171,23 +270,33 @@ def run_cascade(
         keep_adv: keep every point's adversarial example in the state.
         state: a state to continue (from :meth:`CascadeState.load`).
         state_path: where to save the state as it progresses (resumable after a crash).
-        progress: called with the number of batches finished.
+        progress: called with the number of batches finished, counted in batches of all the
+            points per attack (the batches an attack needs no more, its points fooled already,
+            count as done), so the total is ``len(attacks) * ceil(len(labels) / batch_size)``.
+            A :class:`~robustlab.progress.StageProgress` (a progress bar) is also told which
+            attack runs and pulsed at each model call inside it (an APGD-T batch is ~900 calls).
+        seed: the seed the caller drew the attacks' randomness from (recorded in the state, so
+            a state is only resumed with the same seed).
     """
     if stability_labels not in STABILITY_LABELS:
         raise ConfigError(
             "eval.stability_labels", stability_labels, f"one of {', '.join(STABILITY_LABELS)}"
         )
     check_compatible(attacks)
+    tracked = state is not None or state_path is not None
+    fingerprints = {"model": model, "images": images, "labels": labels} if tracked else {}
+    signature = signature_of(attacks, len(labels), stability_labels, seed=seed, **fingerprints)
     if state is None:
-        state = _fresh_state(model, images, labels, attacks, batch_size, stability_labels, keep_adv)
-    elif state.signature != signature_of(attacks, len(labels), stability_labels):
-        raise RunError(
-            "the saved cascade state was made with other attacks, points or settings; delete it to start over"
-        )
+        state = _fresh_state(model, images, labels, attacks, batch_size, signature, keep_adv)
+    else:
+        check_signature(state.signature, signature, state_path)
+        state.to(labels.device)  # saved on another device, or loaded onto the CPU
     targets = state.prediction if stability_labels == "predicted" else labels
     last_save = time.perf_counter()
+    full_batches = -(-len(labels) // batch_size)
     for index, (name, attack) in enumerate(attacks.items()):
         if name in state.done:
+            _advance(progress, full_batches)
             continue
         start = time.perf_counter()
         # The points this attack runs on are fixed when it starts (saved, for resuming mid-attack).
@@ -195,10 +304,13 @@ def run_cascade(
             state.pending = torch.nonzero(state.stable).squeeze(1)
             state.position = 0
         pending = state.pending.to(labels.device)
+        remaining = -(-(len(pending) - state.position) // batch_size)
+        _advance(progress, full_batches - remaining)
+        attacked = _reporting(model, progress, f"{name} ({index + 1}/{len(attacks)})")
         while state.position < len(pending):
             index_batch = pending[state.position : state.position + batch_size]
             x = _as_float(images[index_batch])
-            x_adv = attack(model, x, targets[index_batch])
+            x_adv = attack(attacked, x, targets[index_batch])
             with torch.no_grad():
                 adv_prediction = model(x_adv).argmax(dim=1)
             changed = adv_prediction != state.prediction[index_batch]
@@ -227,6 +339,36 @@ def run_cascade(
             state.save(state_path)
             last_save = time.perf_counter()
     return state
+
+
+def _advance(progress: Callable[[int], None] | None, batches: int) -> None:
+    if progress is not None and batches > 0:
+        progress(batches)
+
+
+class _CallCounter(nn.Module):
+    """The model, reporting each forward pass: one batch of APGD-T or Square is hundreds to
+    thousands of passes (tens of seconds on a GPU), so a bar advanced per batch alone stands
+    still that long. A plain module around the model, so it works for TorchScript too."""
+
+    def __init__(self, model: nn.Module, progress: StageProgress) -> None:
+        super().__init__()
+        self.model = model
+        self.progress = progress
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> Any:
+        self.calls += 1
+        self.progress.pulse(model_calls=self.calls)
+        return self.model(x)
+
+
+def _reporting(model: nn.Module, progress: Callable[[int], None] | None, stage: str) -> nn.Module:
+    """``model``, counting its calls into ``progress`` when that is a stage-aware bar."""
+    if not isinstance(progress, StageProgress):
+        return model
+    progress.stage(stage)
+    return _CallCounter(model, progress)
 
 
 def check_compatible(attacks: Mapping[str, Attack]) -> None:

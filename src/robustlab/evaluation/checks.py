@@ -68,7 +68,7 @@ def check_randomized(
         return Flag(
             "randomized",
             f"repeated forward passes disagree (normalized logits differ by up to {spread:.2g}): "
-            "the model is randomized; evaluate with --attack autoattack --version rand (EOT)",
+            "the model is randomized; evaluate with --attack autoattack --aa-version rand (EOT)",
         )
     return None
 

@@ -33,6 +33,21 @@ def local_lipschitz(
     The path starts at ``x`` itself, so the clean gradient counts too; each step then follows
     PGD's update. ``x`` in [0, 1]; the model's mode is restored after.
     """
+    largest = local_lipschitz_per_point(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm)
+    return float(largest.mean()) if len(x) else float("nan")
+
+
+def local_lipschitz_per_point(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str = "Linf",
+) -> torch.Tensor:
+    """Per point, the largest ``||∇_x CE||_q`` met along its PGD path (see :func:`local_lipschitz`)."""
     ball = threat_model(norm)
     order = DUAL_ORDER[norm]
     largest = torch.zeros(len(x), device=x.device)
@@ -43,4 +58,4 @@ def local_lipschitz(
             largest = torch.maximum(largest, grad.flatten(1).norm(p=order, dim=1))
             if step < steps:
                 x_adv = clip_to_ball(x_adv + ball.step(grad, alpha), x, eps, ball)
-    return float(largest.mean()) if len(x) else float("nan")
+    return largest

@@ -82,9 +82,32 @@ class RobustnessResult:
     def perturbation_stability(self) -> float:
         return _mean(self.stable)
 
+    def __repr__(self) -> str:
+        """The numbers, not the per-example tensors (the dataclass default printed every
+        flag, norm and adversarial pixel: thousands of values)."""
+        summary = self.summary()
+        parts = [
+            f"n={self.n}",
+            f"attack={self.attack!r}" if self.attack else "",
+            f"natural_accuracy={self.natural_accuracy:.4f}",
+            f"robust_accuracy={self.robust_accuracy:.4f}",
+            f"perturbation_stability={self.perturbation_stability:.4f}",
+            f"per_attack={{{', '.join(f'{k!r}: {v:.4f}' for k, v in self.per_attack.items())}}}"
+            if len(self.per_attack) > 1
+            else "",
+            f"mean_perturbation_norm={summary['mean_perturbation_norm']:.4g}",
+            f"max_perturbation_norm={summary['max_perturbation_norm']:.4g}",
+            f"seconds={self.seconds:.3g}",
+            f"flags={[flag.get('code') for flag in self.flags]}" if self.flags else "",
+            f"x_adv=<tensor of shape {tuple(self.x_adv.shape)}>" if self.x_adv is not None else "",
+        ]
+        return f"{type(self).__name__}({', '.join(part for part in parts if part)})"
+
     def summary(self) -> dict[str, Any]:
         """The JSON-ready numbers (accuracies as fractions in [0, 1])."""
-        norms = self.perturbation_norm.float()
+        # float64: a float32 mean of n equal norms can round above their max (0.1 repeated
+        # exceeds 0.1 after summation); in float64 a mean of float32 values never does.
+        norms = self.perturbation_norm.double()
         summary = {
             "natural_accuracy": self.natural_accuracy,
             "robust_accuracy": self.robust_accuracy,
@@ -149,6 +172,7 @@ def evaluate_robustness(
     progress: Callable[[int], None] | None = None,
     keep_adv: bool = False,
     state_path: str | Path | None = None,
+    seed: int | None = None,
 ) -> RobustnessResult:
     """Attack every point and report natural accuracy, robust accuracy and stability.
 
@@ -162,16 +186,22 @@ def evaluate_robustness(
         attack: the attack(s) (their common budget defines the ball).
         batch_size: points per batch.
         stability_labels: ``"predicted"`` (exact eq. 3.1) or ``"true"`` (the published variant).
-        progress: optional callable advanced by one per attacked batch.
+        progress: optional callable advanced per attacked batch (see
+            :func:`~robustlab.evaluation.cascade.run_cascade`); a
+            :class:`~robustlab.progress.StageProgress` such as a progress bar is also told which
+            attack runs and pulsed at each model call.
         keep_adv: keep the adversarial examples in the result (``x_adv``).
         state_path: save the cascade state there as it progresses, and resume from it if it
-            exists (long evaluations survive a crash).
+            exists (long evaluations survive a crash). The state records fingerprints of the
+            model and the data, the attacks' settings and ``seed``; resuming it for anything
+            else raises :class:`~robustlab.errors.RunError`.
+        seed: the seed of the attacks' randomness, recorded in the state (the caller seeds).
     """
     stages = expand_attacks(attack)
     start = time.perf_counter()
     state = None
     if state_path is not None and Path(state_path).exists():
-        state = CascadeState.load(state_path)
+        state = CascadeState.load(state_path, device=labels.device)
     with model_mode(model, "eval"):
         state = run_cascade(
             model,
@@ -184,6 +214,7 @@ def evaluate_robustness(
             state=state,
             state_path=state_path,
             progress=progress,
+            seed=seed,
         )
     return RobustnessResult(
         correct=state.correct.cpu(),

@@ -3,12 +3,19 @@
 WAL mode lets readers (``robustlab runs``, reports) work while a run writes; every write is one
 transaction, so a killed process leaves the store as it was before or after a write, never between.
 Per-epoch rows are keyed by ``(run_id, epoch)``: a resumed run that replays an epoch replaces the
-row instead of adding a second one.
+row instead of adding a second one. Evaluations are keyed by what they measured (``measure``: the
+weights, attack settings, threat model, split and seed): measuring the same thing again (a
+finished run resumed, ``eval`` run twice) replaces the row, so one measurement is listed once.
+
+Schema history: 1, the first; 2 adds ``runs.pid``/``runs.host`` (which process trains the run,
+so a run whose process is gone shows as interrupted) and ``evaluations.measure``. A version-1
+store is upgraded in place when opened.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,7 +26,7 @@ from typing import Any
 
 from ..errors import RunError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_STORE = Path("runs") / "robustlab.db"
 
 _SCHEMA = """
@@ -42,7 +49,9 @@ CREATE TABLE IF NOT EXISTS runs (
     seed        INTEGER NOT NULL,
     epochs      INTEGER NOT NULL,
     config      TEXT NOT NULL,
-    summary     TEXT NOT NULL DEFAULT '{}'
+    summary     TEXT NOT NULL DEFAULT '{}',
+    pid         INTEGER,
+    host        TEXT
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id   TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
@@ -63,9 +72,16 @@ CREATE TABLE IF NOT EXISTS evaluations (
     robust_accuracy         REAL NOT NULL,
     perturbation_stability  REAL NOT NULL,
     seconds                 REAL NOT NULL,
-    details                 TEXT NOT NULL DEFAULT '{}'
+    details                 TEXT NOT NULL DEFAULT '{}',
+    measure                 TEXT
 );
 """
+
+# Columns added after schema 1, added to an older store when it is opened.
+_ADDED_COLUMNS = {
+    "runs": {"pid": "INTEGER", "host": "TEXT"},
+    "evaluations": {"measure": "TEXT"},
+}
 
 
 def _now() -> str:
@@ -94,6 +110,8 @@ class RunRecord:
     epochs: int
     config: dict[str, Any]
     summary: dict[str, Any]
+    pid: int | None = None
+    host: str | None = None
 
 
 class ResultsStore:
@@ -106,12 +124,16 @@ class ResultsStore:
 
     def __init__(self, path: str | Path = DEFAULT_STORE, create: bool = True) -> None:
         self.path = Path(path)
+        check_store_location(self.path, create)
         if not self.path.exists():
-            if not create:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # e.g. a read-only file system (root passes the access check)
                 raise RunError(
-                    f"store {str(self.path)!r} does not exist (train a run first, or pass --store)"
-                )
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+                    f"--store {str(self.path)!r}: cannot create {str(self.path.parent)!r} ({exc.strerror})"
+                ) from None
+        if not create and not _tables(self.path):
+            raise RunError(f"--store {str(self.path)!r} is an empty file, not a results store")
         with self._connect() as db:
             db.executescript(_SCHEMA)
             row = db.execute("SELECT version FROM schema_info").fetchone()
@@ -121,6 +143,8 @@ class ResultsStore:
                 raise RunError(
                     f"store {str(self.path)!r} has schema {row[0]}; this robustlab reads <= {SCHEMA_VERSION}"
                 )
+            elif row[0] < SCHEMA_VERSION:
+                _upgrade(db)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -138,17 +162,29 @@ class ResultsStore:
     # -- runs -------------------------------------------------------------------------------
 
     def upsert_run(
-        self, run_id: str, run_dir: str | Path, config: Mapping[str, Any], status: str = "running"
+        self,
+        run_id: str,
+        run_dir: str | Path,
+        config: Mapping[str, Any],
+        status: str = "running",
+        *,
+        pid: int | None = None,
+        host: str | None = None,
     ) -> None:
-        """Insert the run, or mark an existing one (a resume) with ``status``."""
+        """Insert the run, or mark an existing one (a resume) with ``status``.
+
+        ``pid`` and ``host`` name the process that trains it (see :func:`shown_status`); a
+        resume records its own.
+        """
         now = _now()
         with self._connect() as db:
             db.execute(
                 """INSERT INTO runs (run_id, run_dir, created_at, updated_at, status, tag, dataset, model,
-                       width, depth, method, lam, norm, eps, seed, epochs, config)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       width, depth, method, lam, norm, eps, seed, epochs, config, pid, host)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(run_id) DO UPDATE SET status=excluded.status, updated_at=excluded.updated_at,
-                       run_dir=excluded.run_dir""",
+                       run_dir=excluded.run_dir,
+                       pid=COALESCE(excluded.pid, runs.pid), host=COALESCE(excluded.host, runs.host)""",
                 (
                     run_id,
                     str(run_dir),
@@ -167,6 +203,8 @@ class ResultsStore:
                     config["seed"],
                     config["train"]["epochs"],
                     json.dumps(config),
+                    pid,
+                    host,
                 ),
             )
 
@@ -247,14 +285,23 @@ class ResultsStore:
         eps: float,
         summary: Mapping[str, Any],
     ) -> int:
-        """Store one evaluation; ``summary`` holds the metrics (extra keys go to ``details``)."""
+        """Store one evaluation; ``summary`` holds the metrics (extra keys go to ``details``).
+
+        An earlier evaluation of the run that measured the same thing (:func:`measure_key`) is
+        replaced: resuming a finished run re-runs its final evaluation, and the store must not
+        then list one measurement twice.
+        """
         core = ("natural_accuracy", "robust_accuracy", "perturbation_stability", "n", "seconds")
         details = {k: v for k, v in summary.items() if k not in core}
+        measure = measure_key(source, attack, norm, eps, summary)
         with self._connect() as db:
+            db.execute(
+                "DELETE FROM evaluations WHERE run_id IS ? AND measure = ?", (run_id, measure)
+            )
             cursor = db.execute(
                 """INSERT INTO evaluations (run_id, created_at, source, attack, norm, eps, n, natural_accuracy,
-                       robust_accuracy, perturbation_stability, seconds, details)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       robust_accuracy, perturbation_stability, seconds, details, measure)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     run_id,
                     _now(),
@@ -268,6 +315,7 @@ class ResultsStore:
                     summary["perturbation_stability"],
                     summary["seconds"],
                     json.dumps(details),
+                    measure,
                 ),
             )
             return int(cursor.lastrowid)
@@ -286,6 +334,83 @@ class ResultsStore:
             record["details"] = json.loads(record["details"])
             out.append(record)
         return out
+
+
+def measure_key(source: str, attack: str, norm: str, eps: float, summary: Mapping[str, Any]) -> str:
+    """What an evaluation measured, as canonical JSON: the weights (``source``, e.g. ``last@30``),
+    the attack and its settings, the threat model, the points (split and ``n``) and the seed.
+    Two evaluations with the same key measured the same quantity."""
+    return json.dumps(
+        {
+            "source": source,
+            "attack": attack,
+            "settings": summary.get("attack_settings"),
+            "norm": norm,
+            "eps": float(eps),
+            "split": summary.get("split", "test"),
+            "n": summary["n"],
+            "seed": summary.get("seed"),
+            "stability_labels": summary.get("stability_labels"),
+        },
+        sort_keys=True,
+    )
+
+
+def check_store_location(path: Path, create: bool) -> None:
+    """Raise :class:`RunError` if ``path`` cannot be (or become) a results store; writes nothing.
+
+    Run before anything of a command is written, so a bad ``--store`` leaves no half-made run.
+    """
+    if path.is_dir():
+        raise RunError(
+            f"--store {str(path)!r} is a directory; give a file, e.g. {str(path / 'robustlab.db')!r}"
+        )
+    if path.exists():
+        tables = _tables(path)
+        if tables and "schema_info" not in tables:
+            raise RunError(
+                f"--store {str(path)!r} is a SQLite database of something else "
+                f"(tables: {', '.join(sorted(tables))}), not a robustlab results store"
+            )
+        return
+    if not create:
+        raise RunError(f"store {str(path)!r} does not exist (train a run first, or pass --store)")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunError(
+                    f"--store {str(path)!r}: cannot create its directory, {str(parent)!r} is a file"
+                )
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise RunError(f"--store {str(path)!r}: {str(parent)!r} is not writable")
+            return
+
+
+def _tables(path: Path) -> set[str]:
+    """The tables of the SQLite file ``path``, read without writing (an empty file has none).
+
+    Raises:
+        RunError: the file is not a SQLite database (or cannot be read).
+    """
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise RunError(f"--store {str(path)!r} is not a results store (SQLite: {exc})") from None
+    return {row[0] for row in rows}
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Add the columns of later schema versions to an older store, then record the version."""
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    db.execute("UPDATE schema_info SET version=?", (SCHEMA_VERSION,))
 
 
 def _like_prefix(prefix: str) -> str:

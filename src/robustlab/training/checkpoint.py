@@ -70,24 +70,37 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """Every RNG a training step draws from: torch (CPU and CUDA), numpy, Python."""
+def capture_rng_state(device: str | torch.device | None = None) -> dict[str, Any]:
+    """Every RNG a training step on ``device`` draws from: torch's CPU generator, numpy, Python,
+    and, when ``device`` is a GPU, that GPU's generator.
+
+    Only the training device's CUDA generator is saved, not every visible GPU's
+    (``get_rng_state_all``): the others are never drawn from, and a resume that sees fewer GPUs
+    (``CUDA_VISIBLE_DEVICES``, another machine) must not index a device that is not there.
+    """
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(torch.device(device))
     return state
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+def restore_rng_state(state: dict[str, Any], device: str | torch.device | None = None) -> None:
+    """Restore a :func:`capture_rng_state` state; its CUDA generator goes to ``device`` (the
+    training device of the resumed run), and only when that is a GPU.
+
+    Generator states are moved to the CPU first: the setters take CPU ByteTensors, and a state
+    loaded with ``map_location="cuda"`` holds CUDA tensors.
+    """
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    # A CPU run draws nothing from a GPU generator, and a CPU-saved state has none to restore.
+    if "cuda" in state and device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), torch.device(device))
 
 
 def seed_everything(seed: int) -> None:

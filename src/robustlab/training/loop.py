@@ -15,7 +15,7 @@ from ..data import DeviceLoader, ImageDataset
 from ..evaluation import evaluate_robustness
 from ..progress import Progress
 from .eps_schedules import EpsSchedule
-from .methods import TrainingMethod
+from .methods import TrainingMethod, scaled_attack_gradients
 from .schedules import Schedule, ScheduleClock
 
 
@@ -60,10 +60,24 @@ class StepControls:
             return nullcontext()
         return torch.autocast(device_type=device.type, dtype=dtype)
 
+    def attack_gradient_scale(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """The factor the training attack's loss gradient is multiplied by (fp16 only).
+
+        The gradient scaler's current scale per example: the attack's loss is a sum over the
+        batch and the training loss a mean, so this puts the attack's backward pass at the
+        magnitudes the scaler keeps the training backward at, just below fp16's overflow. A
+        device tensor (no host read); bf16 has fp32's exponent range and needs no scaling.
+        """
+        if self.scaler is None:
+            return None
+        return self.scaler.scale(torch.ones((), device=device)) / batch
+
 
 # Per-epoch metrics kept under their own names; every other part of a method's output is
 # reported as ``train_<part>``. λ is the value at the epoch's end, the others batch averages.
-OWN_NAMES = ("nat_risk", "rob_reg", "nat_rob_ratio")
+OWN_NAMES = ("nat_risk", "rob_reg")
+# Quantiles of the per-batch ratio l_nat / l_rob reported each epoch (its spread, for WAR's ζ).
+RATIO_QUANTILES = {"nat_rob_ratio_p10": 0.1, "nat_rob_ratio_median": 0.5, "nat_rob_ratio_p90": 0.9}
 
 
 def train_step(
@@ -76,10 +90,14 @@ def train_step(
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
     """One training step of any method: its loss (under autocast if asked), the backward pass,
-    the optimizer step (through the gradient scaler for fp16), then the method's after-step hook."""
+    the optimizer step (through the gradient scaler for fp16), then the method's after-step hook.
+
+    With fp16 the training attack's loss is scaled too (:meth:`StepControls.attack_gradient_scale`),
+    so that its input gradients do not underflow to 0 in half precision."""
     if controls.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    with controls.autocast(device):
+    scale = controls.attack_gradient_scale(len(y), device)
+    with controls.autocast(device), scaled_attack_gradients(scale):
         out = method(model, x, y)
     optimizer.zero_grad(set_to_none=True)
     if controls.scaler is not None:
@@ -110,13 +128,17 @@ def train_one_epoch(
     the progress bar).
 
     Returns:
-        ``train_loss``, ``nat_risk``, ``rob_reg``, ``nat_rob_ratio`` and ``train_<part>`` for each
-        other part, averaged over the epoch's examples; ``lam`` (the last λ) and ``lam_trace`` (λ
-        sampled along the epoch); ``lr`` and ``eps`` of the last iteration.
+        ``train_loss``, ``nat_risk``, ``rob_reg`` and ``train_<part>`` for each other part,
+        averaged over the epoch's examples; ``nat_rob_ratio``, the ratio of the epoch's natural
+        risk to its robust regularization (WAR's ζ; ``None`` unless the regularization is > 0),
+        and the 10%, 50% and 90% quantiles of the per-batch ratios (``nat_rob_ratio_p10``,
+        ``_median``, ``_p90``); ``lam`` (the last λ) and ``lam_trace`` (λ sampled along the
+        epoch); ``lr`` and ``eps`` of the last iteration.
     """
     model.train()
     iterations = len(loader)
     sums: dict[str, torch.Tensor] = {}
+    ratios: list[torch.Tensor] = []
     seen = 0
     lr = eps = 0.0
     device = next(iter(model.parameters())).device
@@ -127,6 +149,9 @@ def train_one_epoch(
         seen += batch
         for name, value in out.items():
             if name == "lam":
+                continue
+            if name == "nat_rob_ratio":
+                ratios.append(value.detach().float().reshape(()))
                 continue
             part = value.detach().float() * batch
             sums[name] = sums[name] + part if name in sums else part
@@ -139,10 +164,31 @@ def train_one_epoch(
     for name, total in sums.items():
         key = "train_loss" if name == "loss" else name if name in OWN_NAMES else f"train_{name}"
         metrics[key] = float(total) / seen
+    if ratios:
+        metrics.update(_ratio_metrics(metrics["nat_risk"], metrics["rob_reg"], ratios))
     metrics.update(
         {"lr": lr, "eps": eps, "lam": method.lam, "lam_trace": method.lam_schedule.take_trace()}
     )
     return metrics
+
+
+def _ratio_metrics(
+    nat_risk: float, rob_reg: float, ratios: list[torch.Tensor]
+) -> dict[str, float | None]:
+    """WAR's ratio l_nat / l_rob over an epoch, and the spread of its per-batch values.
+
+    The epoch's ratio is that of the two epoch losses (sums over the epoch's examples), not the
+    mean of per-batch ratios: one batch with l_rob near 0 would make that mean arbitrarily large
+    (1e12 with the 1e-12 floor), while it moves the ratio of sums by its share of the epoch only.
+    """
+    quantiles = torch.quantile(
+        torch.stack(ratios).double(),
+        torch.tensor(list(RATIO_QUANTILES.values()), dtype=torch.float64, device=ratios[0].device),
+    ).tolist()
+    return {
+        "nat_rob_ratio": nat_risk / rob_reg if rob_reg > 0 else None,
+        **dict(zip(RATIO_QUANTILES, quantiles, strict=True)),
+    }
 
 
 def evaluate_split(

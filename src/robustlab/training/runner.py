@@ -7,6 +7,9 @@ before anything is written; :func:`fit` then creates or reopens the run director
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +20,14 @@ from torch import nn
 
 from .._options import accepted_options, check_options
 from ..attacks import ATTACKS, Attack, create_attack
-from ..config import RunConfig
+from ..config import DEVICES, RunConfig
 from ..data import DeviceLoader, ImageDataset, create_dataset
 from ..errors import CheckpointError, ConfigError
 from ..evaluation import evaluate_robustness
 from ..evaluation.lipschitz import local_lipschitz
 from ..models import NormalizedModel, SnapshotEnsemble, count_parameters, create_model, family_spec
 from ..progress import Progress
+from ..report.labels import attack_settings, evaluation_label
 from ..rundir import RunDirectory
 from ..store import ResultsStore
 from .checkpoint import (
@@ -39,16 +43,25 @@ from .loop import StepControls, evaluate_epoch, evaluation_batches, train_one_ep
 from .methods import METHODS, EpochContext, TrainingMethod
 from .optim import OPTIMIZERS
 from .schedules import ScheduleClock, create_schedule
+from .validation import check_budgets
 
 SELECTION_METRIC = "val_rob_acc"
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a config error."""
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; the one check of a device name, shared by
+    ``train`` (the ``device`` key) and ``eval`` (``--device``, passed as ``key``).
+
+    Raises:
+        ConfigError: ``name`` is not one of :data:`~robustlab.config.DEVICES` (``gpu`` would
+            otherwise reach ``torch.device`` and fail with a traceback), or ``cuda`` without a GPU.
+    """
+    if name not in DEVICES:
+        raise ConfigError(key, name, f"one of {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", name, "no CUDA device is available here; use cpu or auto")
+        raise ConfigError(key, name, "no CUDA device is available here; use cpu or auto")
     return torch.device(name)
 
 
@@ -69,6 +82,9 @@ class Experiment:
     train_model: nn.Module
     fixed_x: torch.Tensor
     fixed_y: torch.Tensor
+    # The global RNGs as :func:`prepare` left them; :func:`fit` starts from here, so a run draws
+    # the same numbers whatever ran in the process before it (the demo's second run).
+    rng_state: dict[str, Any] | None = None
 
 
 def load_data(config: RunConfig, device: torch.device) -> ImageDataset:
@@ -139,7 +155,10 @@ def training_attack(config: RunConfig) -> Attack:
     check (a host-device sync) is skipped in the training step.
     """
     a = config.attack
-    name, fixed = METHODS.get(config.method.name).attack_spec(method_options(config))
+    cls, options = METHODS.get(config.method.name), method_options(config)
+    name, fixed = cls.attack_spec(options)
+    # build_config resolves "auto"; a RunConfig built by hand may still hold it.
+    bn_mode = cls.bn_mode_rule(options) if a.bn_mode == "auto" else a.bn_mode
     settings = {
         "eps": a.eps,
         "alpha": a.alpha,
@@ -147,7 +166,7 @@ def training_attack(config: RunConfig) -> Attack:
         "norm": a.norm,
         "random_start": a.random_start,
         "loss": a.loss,
-        "model_mode": a.bn_mode,
+        "model_mode": bn_mode,
         **fixed,
         "check_inputs": False,
     }
@@ -173,7 +192,7 @@ def step_controls(config: RunConfig, attack: Attack, device: torch.device) -> St
     return StepControls(
         clock=ScheduleClock(t.epochs, t.periods),
         lr_schedule=create_schedule(
-            t.schedule, t.epochs, t.milestones or [], t.gamma, t.warmup_epochs
+            t.schedule, t.epochs, t.milestones or [], t.gamma, t.warmup_epochs, t.cyclic_peak
         ),
         base_lr=t.lr,
         eps_schedule=create_eps_schedule(a.eps_schedule, a.eps, a.eps_min, a.eps_max, a.eps_warmup),
@@ -193,6 +212,15 @@ def evaluation_attack(config: RunConfig) -> Attack:
     )
 
 
+def configure_backends(device: torch.device) -> None:
+    """Backend settings for training on ``device``: on CUDA, cuDNN benchmarks the convolution
+    algorithms for each new input shape once and keeps the fastest (the shapes of a training run
+    repeat every step). The chosen algorithms may differ from run to run, so CUDA runs are not
+    bit-reproducible (nothing asks for that yet; a determinism key would turn this off)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def prepare(config: RunConfig) -> Experiment:
     """Load data, build model, method, attacks, optimizer and schedule; write nothing.
 
@@ -202,8 +230,10 @@ def prepare(config: RunConfig) -> Experiment:
         RobustlabError: for any invalid setting or missing data file.
     """
     device = resolve_device(config.device)
+    configure_backends(device)
     seed_everything(config.seed)
     data = load_data(config, device)
+    check_budgets(config, data)  # the checks robustlab config shares (validation.py)
     spec = model_spec_for(config, data)
     model = build_model(spec).to(device)
     if config.train.channels_last:
@@ -243,6 +273,7 @@ def prepare(config: RunConfig) -> Experiment:
         train_model,
         fixed_x=data.train_x[:fixed].float().div(255),
         fixed_y=data.train_y[:fixed],
+        rng_state=capture_rng_state(device),  # last: after everything that draws at build time
     )
 
 
@@ -274,7 +305,7 @@ def _state(
         "optimizer": exp.optimizer.state_dict(),
         "method": exp.method.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": capture_rng_state(),
+        "rng": capture_rng_state(exp.device),
         "history": history,
         "best": best,
         "config": exp.config.to_dict(),
@@ -296,13 +327,20 @@ def _model_state(exp: Experiment, epoch: int, metrics: dict[str, Any]) -> dict[s
 def _restore(
     exp: Experiment, run: RunDirectory
 ) -> tuple[int, int, list[dict[str, Any]], dict[str, Any] | None]:
-    state = load_checkpoint(run.last_checkpoint, map_location=exp.device)
+    """Continue from the last checkpoint, on whatever device this run trains on now.
+
+    The checkpoint is read onto the CPU and ``load_state_dict`` puts each tensor where it
+    belongs: parameters and buffers are copied into the model's, optimizer state is cast to its
+    parameter's device (except Adam's ``step`` counter, which torch keeps on the CPU so reading
+    it costs no GPU sync), and the RNG states stay CPU ByteTensors as the RNG setters require.
+    """
+    state = load_checkpoint(run.last_checkpoint, map_location="cpu")
     exp.model.load_state_dict(state["model"])
     exp.optimizer.load_state_dict(state["optimizer"])
     exp.method.load_state_dict(state["method"])
     if exp.controls.scaler is not None and state.get("scaler") is not None:
         exp.controls.scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
+    restore_rng_state(state["rng"], exp.device)
     return state["epoch"], state["step"], state["history"], state["best"]
 
 
@@ -348,7 +386,83 @@ def _epoch_diagnostics(exp: Experiment, epoch: int, show_progress: bool) -> dict
     return metrics
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM, after it was marked ``interrupted`` in
+    ``run.json`` and the store; the message says what was kept and how to resume.
+
+    A ``KeyboardInterrupt``, so a caller that stops on Ctrl-C still stops.
+    """
+
+    def __init__(self, message: str, run_dir: Path, signum: int) -> None:
+        super().__init__(message)
+        self.run_dir, self.signum = run_dir, signum
+
+
 def fit(
+    exp: Experiment,
+    run: RunDirectory,
+    run_id: str,
+    store: ResultsStore | None = None,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    on_epoch: Any = None,
+) -> FitResult:
+    """Train (see :func:`_fit`); a run stopped by Ctrl-C or SIGTERM is marked ``interrupted``
+    in ``run.json`` and the store (not left ``running`` forever), and :class:`RunInterrupted`
+    says how to resume it.
+
+    The CLI turns SIGTERM into a ``KeyboardInterrupt`` (:class:`robustlab.cli.main.Terminated`,
+    whose ``signum`` is kept); SIGKILL cannot be caught, and ``robustlab runs`` shows such a
+    run as interrupted once its process is gone (:func:`robustlab.rundir.shown_status`).
+    """
+    started = time.perf_counter()
+    try:
+        return _fit(
+            exp,
+            run,
+            run_id,
+            store,
+            resume=resume,
+            show_progress=show_progress,
+            on_epoch=on_epoch,
+        )
+    except KeyboardInterrupt as exc:
+        raise _mark_interrupted(exp, run, run_id, store, exc, started) from exc
+
+
+def _mark_interrupted(
+    exp: Experiment,
+    run: RunDirectory,
+    run_id: str,
+    store: ResultsStore | None,
+    exc: KeyboardInterrupt,
+    started: float,
+) -> RunInterrupted:
+    """Record the interruption; the epochs in ``metrics.jsonl`` are those the last checkpoint
+    holds (an epoch is logged only after its checkpoint is written), so a resume loses none."""
+    signum = int(getattr(exc, "signum", signal.SIGINT))
+    history = run.read_metrics()
+    info = run.read_info()
+    run.update_info(
+        status="interrupted",
+        signal=signal.Signals(signum).name,
+        epochs_done=len(history),
+        wall_time_s=info.get("wall_time_s", 0.0) + (time.perf_counter() - started),
+    )
+    if store is not None and store.has_run(run_id):
+        summary = {"final": history[-1] if history else {}, "stopped_early": False}
+        store.finish_run(run_id, "interrupted", summary)
+    where = run.path.resolve()
+    return RunInterrupted(
+        f"interrupted by {signal.Signals(signum).name} after {len(history)}/"
+        f"{exp.config.train.epochs} epochs; resume with: robustlab train --resume {where}",
+        where,
+        signum,
+    )
+
+
+def _fit(
     exp: Experiment,
     run: RunDirectory,
     run_id: str,
@@ -374,13 +488,20 @@ def fit(
     run.remove_partial_writes()
     if resume and run.last_checkpoint.exists():
         start_epoch, step, history, best = _restore(exp, run)
+    elif exp.rng_state is not None:
+        restore_rng_state(exp.rng_state, exp.device)
     run.rewrite_metrics(history)
+    process = {"pid": os.getpid(), "host": socket.gethostname()}  # see rundir.shown_status
     if store is not None:
-        store.upsert_run(run_id, run.path.resolve(), config.to_dict())
+        store.upsert_run(run_id, run.path.resolve(), config.to_dict(), **process)
         store.set_model_shape(run_id, exp.model_spec["width"], exp.model_spec["depth"])
         store.replace_epochs(run_id, history)
     run.update_info(
-        status="running", parameters=count_parameters(exp.model), device=str(exp.device)
+        status="running",
+        **process,
+        parameters=count_parameters(exp.model),
+        device=str(exp.device),
+        num_classes=exp.data.num_classes,  # chance level, for `robustlab calibrate-war`
     )
     wall_start = time.perf_counter()
     epochs = config.train.epochs
@@ -448,8 +569,14 @@ def final_selection(
 ) -> dict[str, Any]:
     """Model selection as in the literature: the last model, the best by validation robust
     accuracy, and for PAS the snapshot ensemble, each evaluated on the whole test set under the
-    evaluation attack (and stored as evaluations of the run)."""
+    evaluation attack (and stored as evaluations of the run).
+
+    Each evaluation is seeded with ``seed``, as ``robustlab eval RUN --seed SEED`` seeds its
+    own, so the two give the same number for the same weights and attack; each entry carries
+    its ``label`` (``last@30 pgd-20 Linf ε=0.2 test``).
+    """
     config = exp.config
+    settings = attack_settings({"pgd": exp.eval_attack})
     candidates = ["last"]
     if run.best_checkpoint.exists():
         candidates.append("best")
@@ -459,6 +586,7 @@ def final_selection(
     for which in candidates:
         model, state = load_trained_model(run, which, exp.device)
         batches = -(-len(exp.data.test_y) // config.eval.batch_size)
+        seed_everything(config.seed)
         with Progress(batches, f"final {which}", enabled=show_progress) as bar:
             result = evaluate_robustness(
                 model,
@@ -469,17 +597,25 @@ def final_selection(
                 stability_labels=config.eval.stability_labels,
                 progress=bar,
             )
+        source = f"{which}@{state['epoch']}"
         summary = {k: v for k, v in result.summary().items() if k in SELECTION_KEYS}
         summary["epoch"] = state["epoch"]
+        summary["label"] = evaluation_label(source, settings, config.eval.norm, config.eval.eps)
         selection[which] = summary
         if store is not None:
+            measured = {
+                "attack_settings": settings,
+                "split": "test",
+                "seed": config.seed,
+                "stability_labels": config.eval.stability_labels,
+            }
             store.add_evaluation(
                 run_id,
-                f"{which}@{state['epoch']}",
+                source,
                 "pgd",
                 config.eval.norm,
                 config.eval.eps,
-                result.summary(),
+                {**result.summary(), **measured},
             )
     return selection
 
@@ -544,8 +680,13 @@ def load_trained_model(
 
 
 def _load_model_file(path: Path, device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:
-    state = load_checkpoint(path, map_location=device)
-    model = build_model(state["model_spec"]).to(device)
+    """The checkpoint's model on ``device``, and the checkpoint itself, kept on the CPU.
+
+    A last checkpoint also holds the optimizer's state (one or two more copies of the weights),
+    the method's and the RNG states: read all of it onto the CPU and move only the weights.
+    """
+    state = load_checkpoint(path, map_location="cpu")
+    model = build_model(state["model_spec"])
     model.load_state_dict(state["model"])
-    model.eval()
+    model.to(device).eval()
     return model, state

@@ -8,6 +8,7 @@ from .base import (
     TrainingMethod,
     frozen_batch_norm_statistics,
     measured_cross_entropy,
+    scaled_attack_gradients,
 )
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "TrainingMethod",
     "frozen_batch_norm_statistics",
     "measured_cross_entropy",
+    "scaled_attack_gradients",
 ]

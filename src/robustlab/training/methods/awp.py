@@ -69,6 +69,8 @@ class AWP(TrainingMethod):
 
     # λ is the wrapped method's: unset stays unset and resolves to that method's default.
     default_lam = None
+    # The default base's (pgd_at); :meth:`bn_mode_rule` follows the wrapped method.
+    reference_bn_mode = "train"
 
     def __init__(
         self,
@@ -125,6 +127,18 @@ class AWP(TrainingMethod):
         if base in NOT_WRAPPABLE:  # the constructor reports it
             return cls.attack_name, dict(cls.attack_defaults)
         return METHODS.get(base).attack_spec({})
+
+    @classmethod
+    def bn_mode_rule(cls, options: dict[str, Any]) -> str:
+        """The wrapped method's reference mode, which is also AWP's own reference's: AT-AWP
+        (``AT_AWP/train_cifar10.py``, built on robust_overfitting) crafts PGD in train mode
+        (except each epoch's first batch after the first epoch, crafted in the eval mode the
+        previous epoch's evaluation left; here every batch is crafted alike), TRADES-AWP
+        (``trades_AWP/train_trades_cifar.py``, ``perturb_input``) in eval mode."""
+        base = options.get("base", "pgd_at")
+        if base in NOT_WRAPPABLE:  # the constructor reports it
+            return cls.reference_bn_mode
+        return METHODS.get(base).bn_mode_rule({})
 
     @classmethod
     def step_size_rule(cls, options: dict[str, Any]) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,6 +25,13 @@ from ...registry import Registry
 from ..lam_schedules import ConstantLambda, LambdaSchedule
 
 METHODS: Registry[Callable[..., TrainingMethod]] = Registry("method", "method.name")
+
+# The factor the training attack's loss gradient is multiplied by while crafting (fp16 only; see
+# :func:`scaled_attack_gradients`). A context variable rather than an attribute, so that a
+# wrapper (AWP) crafting through its wrapped method's :meth:`TrainingMethod.craft` scales too.
+_ATTACK_GRADIENT_SCALE: ContextVar[torch.Tensor | None] = ContextVar(
+    "attack_gradient_scale", default=None
+)
 
 
 @dataclass
@@ -76,6 +84,9 @@ class TrainingMethod(ABC):
         attack_name: the registered attack the training attack is built as (``attack.*`` keys).
         attack_defaults: settings the paper fixes for that attack (e.g. a Gaussian start).
         needs_attack: whether a training attack is required.
+        reference_bn_mode: the batch-norm mode the method's reference code crafts its training
+            attack in (``"train"``: batch statistics, running averages updated by every attack
+            step; ``"eval"``: running averages); ``attack.bn_mode = "auto"`` resolves to it.
 
     Args:
         attack: the training attack.
@@ -89,6 +100,7 @@ class TrainingMethod(ABC):
     attack_name: ClassVar[str] = "pgd"
     attack_defaults: ClassVar[dict[str, Any]] = {}
     needs_attack: ClassVar[bool] = True
+    reference_bn_mode: ClassVar[str] = "eval"
 
     def __init__(
         self,
@@ -120,6 +132,12 @@ class TrainingMethod(ABC):
         return cls.attack_name, dict(cls.attack_defaults)
 
     @classmethod
+    def bn_mode_rule(cls, options: dict[str, Any]) -> str:
+        """The batch-norm mode ``attack.bn_mode = "auto"`` resolves to: the reference code's
+        (:attr:`reference_bn_mode`; wrappers delegate to the method they wrap)."""
+        return cls.reference_bn_mode
+
+    @classmethod
     def default_alpha(cls, eps: float, steps: int, norm: str = "Linf") -> float:
         """The training attack's step size when ``attack.alpha`` is unset: Madry et al.'s
         ``2.5 · eps / steps`` (2/255 for 8/255 and 10 steps)."""
@@ -131,8 +149,16 @@ class TrainingMethod(ABC):
         return cls.default_alpha
 
     def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        """The batch's adversarial examples (``None`` when the objective needs none)."""
-        return self.attack(model, x, y) if self.attack is not None else None
+        """The batch's adversarial examples (``None`` when the objective needs none).
+
+        Under :func:`scaled_attack_gradients` (fp16 training) the attack sees the model through
+        a wrapper that multiplies its loss gradient by the scale, so that small input gradients
+        do not underflow in half precision.
+        """
+        if self.attack is None:
+            return None
+        scale = _ATTACK_GRADIENT_SCALE.get()
+        return self.attack(model if scale is None else _GradientScaled(model, scale), x, y)
 
     @abstractmethod
     def objective(
@@ -189,6 +215,54 @@ class TrainingMethod(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lam_schedule.load_state_dict(state["lam_schedule"])
         self.stop_requested = state.get("stop_requested", False)
+
+
+@contextmanager
+def scaled_attack_gradients(scale: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, training attacks crafted by :meth:`TrainingMethod.craft` backpropagate
+    their loss multiplied by ``scale`` (``None``: unscaled).
+
+    Why: under fp16 autocast the attack's input gradient is computed in half precision, where a
+    confidently classified example's loss gradient (``p − onehot``, down to 1e-8 and below)
+    underflows to 0; ``sign(0) = 0`` then leaves the example where it is and weakens the attack.
+    The same remedy as the gradient scaler's for the weights: multiply the loss. One factor for
+    the whole batch is a positive multiple of the loss, so every attack step is unchanged in exact
+    arithmetic (L∞ steps take the gradient's sign, L2 steps its normalized direction), batch norm
+    in train mode (which couples the examples) included. The logits are cast to fp32 before
+    the factor is applied, so the fp32 gradient of the loss is scaled before it is rounded to
+    fp16.
+    """
+    token = _ATTACK_GRADIENT_SCALE.set(scale)
+    try:
+        yield
+    finally:
+        _ATTACK_GRADIENT_SCALE.reset(token)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the backward multiplies the incoming gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.scale = scale
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale.to(grad.dtype), None
+
+
+class _GradientScaled(nn.Module):
+    """``model`` with fp32 logits whose loss gradient is multiplied by ``scale`` on the way back
+    (see :func:`scaled_attack_gradients`); the model stays a submodule, so mode changes reach it."""
+
+    def __init__(self, model: nn.Module, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ScaleGradient.apply(self.model(x).float(), self.scale)
 
 
 @contextmanager

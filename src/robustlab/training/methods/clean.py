@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,9 @@ class Clean(TrainingMethod):
 
     default_lam = 0.0
     needs_attack = False
+    # No reference crafts here: the attack only measures the regularization term, and in eval
+    # mode that measurement leaves batch-norm statistics (hence training) untouched.
+    reference_bn_mode: ClassVar[str] = "eval"
 
     def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         return super().craft(model, x, y) if self.track_terms else None

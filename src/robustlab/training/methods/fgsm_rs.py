@@ -57,6 +57,8 @@ class FGSMRS(PGDAT):
 
     attack_name: ClassVar[str] = "fgsm"
     attack_defaults: ClassVar[dict[str, Any]] = {"random_start": True}
+    # The reference puts the model in train mode once and crafts FGSM there (train_fgsm.py).
+    reference_bn_mode: ClassVar[str] = "train"
 
     def __init__(
         self,

@@ -68,6 +68,8 @@ class MART(TrainingMethod):
 
     default_lam = 6.0
     attack_defaults: ClassVar[dict[str, Any]] = {"random_start": "normal", "loss": "ce"}
+    # The reference's mart_loss calls model.eval() before crafting, model.train() after.
+    reference_bn_mode: ClassVar[str] = "eval"
 
     def objective(
         self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor | None, y: torch.Tensor

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,8 +22,8 @@ class TRADES(TrainingMethod):
 
     ``CE(f(x), y) + β · (1/B) Σ_i KL(softmax f(x_i) ‖ softmax f(x'_i))``,
 
-    with ``x'`` the ``trades-kl`` training attack (``attack.*`` keys; eval mode by default, as the
-    reference) and β = λ, so WAR's schedule can drive it (Wu et al. 2021 train TRADES with λ
+    with ``x'`` the ``trades-kl`` training attack (``attack.*`` keys; batch norm in eval mode by default, as
+    the reference) and β = λ, so WAR's schedule can drive it (Wu et al. 2021 train TRADES with λ
     from {6, …, 21}). Published defaults (the reference scripts; β is 1/λ in the paper's
     notation): CIFAR-10 β = 6, eps 0.031, step 0.007, 10 steps; MNIST β = 1, eps 0.3, step 0.01,
     40 steps. Set the attack's with ``attack.eps``/``alpha``/``steps``; ``attack.alpha`` unset
@@ -49,6 +51,8 @@ class TRADES(TrainingMethod):
 
     default_lam = 6.0
     attack_name = "trades-kl"
+    # The reference's trades_loss calls model.eval() before crafting, model.train() after.
+    reference_bn_mode: ClassVar[str] = "eval"
 
     @classmethod
     def default_alpha(cls, eps: float, steps: int, norm: str = "Linf") -> float:
