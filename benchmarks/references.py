@@ -96,3 +96,67 @@ class TransformedImages(Dataset):
         if torch.rand(()) < 0.5:
             image = image.flip(2)
         return image.float().div(255), self.labels[index]
+
+
+def conv_singular_values_loop(kernel: torch.Tensor, size: int) -> torch.Tensor:
+    """Every singular value of a stride-1 circular convolution on a size x size input, the
+    plain way: the 2-D FFT of the kernel padded to size x size (Sedghi, Gupta & Long 2019,
+    Theorem 6), then one ``svdvals`` per frequency in a Python loop, all size² of them."""
+    transforms = torch.fft.fft2(kernel, s=(size, size))  # (c_out, c_in, size, size)
+    values = [
+        torch.linalg.svdvals(transforms[:, :, u, v]) for u in range(size) for v in range(size)
+    ]
+    return torch.cat(values).sort(descending=True).values
+
+
+def pyhessian_top_eigenvalues(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    top_n: int,
+    max_iter: int,
+    tol: float,
+) -> tuple[list[float], list[list[torch.Tensor]]]:
+    """PyHessian's ``hessian(model, criterion, data=(x, y)).eigenvalues(maxIter, tol, top_n)``
+    (amirgholami/PyHessian, single-batch mode): the gradient built once with
+    ``backward(create_graph=True)`` and its graph kept; per iteration, per-parameter lists for
+    the vectors, Gram-Schmidt against the eigenvectors found, one ``autograd.grad`` product, the
+    Rayleigh quotient read with ``.item()``, and the relative-change test."""
+
+    def product(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
+        return sum(torch.sum(a * b) for a, b in zip(xs, ys, strict=True))
+
+    def normalization(v: list[torch.Tensor]) -> list[torch.Tensor]:
+        s = product(v, v) ** 0.5
+        s = s.cpu().item()
+        return [vi / (s + 1e-6) for vi in v]
+
+    def orthnormal(w: list[torch.Tensor], v_list: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        for v in v_list:
+            w = [wi - product(w, v) * vi for wi, vi in zip(w, v, strict=True)]
+        return normalization(w)
+
+    model.eval()
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward(create_graph=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad for p in params]
+    eigenvalues: list[float] = []
+    eigenvectors: list[list[torch.Tensor]] = []
+    while len(eigenvalues) < top_n:
+        eigenvalue = None
+        v = normalization([torch.randn(p.size(), device=p.device) for p in params])
+        for _ in range(max_iter):
+            v = orthnormal(v, eigenvectors)
+            model.zero_grad()
+            hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+            new = product(hv, v).cpu().item()
+            v = normalization(list(hv))
+            if eigenvalue is not None and abs(eigenvalue - new) / (abs(eigenvalue) + 1e-6) < tol:
+                break
+            eigenvalue = new
+        eigenvalues.append(eigenvalue)
+        eigenvectors.append(v)
+    for p in params:  # the graph hangs on .grad: let it go
+        p.grad = None
+    return eigenvalues, eigenvectors

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import os
 import platform
@@ -454,6 +455,278 @@ def demo_case(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# The sweep case: small PGD-AT runs of a digits MLP (a few seconds of training each).
+SWEEP_SPEC = {
+    "name": "bench",
+    "base": {
+        "data.name": "digits",
+        "model.name": "mlp",
+        "model.width": 128,
+        "train.epochs": 2,
+        "eval.lipschitz_n": 0,
+        "eval.n_train": 200,
+        "device": "cpu",
+    },
+    "axes": {"method.lam": [1.0, 2.0]},
+    "seeds": [0, 1],
+}
+
+
+def _timed_sweep(workers: int, threads: int | None = None) -> float:
+    """Wall time of the whole sweep (job start-up included) with ``workers`` local workers."""
+    from robustlab.store import ResultsStore
+    from robustlab.sweep.execute import run_sweep
+    from robustlab.sweep.spec import parse_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ResultsStore(Path(tmp) / "s.db")
+        start = time.perf_counter()
+        outcome = run_sweep(
+            parse_spec(SWEEP_SPEC), out=tmp, store=store, workers=workers, threads=threads,
+            log=lambda message: None, poll_s=0.1,
+        )  # fmt: skip
+        wall = time.perf_counter() - start
+    if outcome.counts["done"] != len(outcome.runs):
+        raise RuntimeError(f"bench sweep incomplete: {outcome.counts}")
+    return wall
+
+
+@CASES.register("sweep_local")
+def sweep_local_case(args: argparse.Namespace) -> dict[str, Any]:
+    """Issue 12's speed target: a sweep of small runs on two local workers (each given half the
+    cores) against the same sweep run one after another (one worker with all the cores)."""
+    from robustlab.sweep.executors.local import available_cores, threads_per_worker
+
+    parallel = lambda: _timed_sweep(2)  # noqa: E731
+    sequential = lambda: _timed_sweep(1)  # noqa: E731
+    result = compare(parallel, sequential, repeats=2, device=torch.device("cpu"), warmup=0)
+    cores = available_cores()
+    # Both workers with all the cores each (no division): what the division saves; and one
+    # after another on one thread each (a baseline that no other load can slow by contention).
+    oversubscribed = _timed_sweep(2, threads=cores)
+    sequential_one_thread = _timed_sweep(1, threads=1)
+    return {
+        "description": f"sweep of {len(SWEEP_SPEC['axes']['method.lam']) * len(SWEEP_SPEC['seeds'])} small PGD-AT runs: 2 local workers vs one after another",
+        **result,
+        "target": 0.6,
+        "extra": {
+            # other load on the machine skews this ratio (two workers then get a larger share)
+            "load_average_1min": os.getloadavg()[0],
+            "cores": cores,
+            "threads_per_worker": threads_per_worker(2, cores),
+            "oversubscribed_s": oversubscribed,
+            "oversubscribed_ratio": oversubscribed / result["reference"]["median"],
+            "sequential_1_thread_s": sequential_one_thread,
+            "ratio_to_sequential_1_thread": result["ours"]["median"] / sequential_one_thread,
+        },
+    }
+
+
+def wrn_model(depth: int, width: int, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("wrn", 10, 3, 32, width=width, depth=depth).to(device).eval()
+
+
+@CASES.register("spectra")
+def spectra_case(args: argparse.Namespace) -> dict[str, Any]:
+    """Exact singular values of every layer of WRN-34-10 (32x32 input): seconds; and, on each
+    distinct stride-1 k x k convolution, our batched decomposition ÷ a per-frequency loop."""
+    from robustlab.diagnostics import conv_singular_values, layer_input_sizes, spectra
+
+    device = args.device
+    depth, width = args.spectra_depth, args.spectra_width
+    model = wrn_model(depth, width, device)
+    x = torch.rand(1, 3, 32, 32, device=device)
+    full: dict[str, Any] = {}
+
+    def whole_model() -> None:
+        full["result"] = spectra(model, x)
+
+    seconds = timed(whole_model, device)
+    # One layer of each distinct (kernel shape, input size): WRN repeats each 3x3 layer of a
+    # group nine times. Strided and 1x1 layers have no per-frequency-loop peer (the loop is
+    # Sedghi et al.'s stride-1 construction), so they are left out of the ratio.
+    sizes = layer_input_sizes(model, x)
+    distinct: dict[tuple, tuple[torch.Tensor, int]] = {}
+    for name, module in model.named_modules():
+        if (
+            isinstance(module, torch.nn.Conv2d)
+            and module.stride == (1, 1)
+            and module.kernel_size != (1, 1)
+        ):
+            size = sizes[name][0]
+            distinct.setdefault((tuple(module.weight.shape), size), (module.weight.detach(), size))
+    layers = list(distinct.values())
+    values: dict[str, list[torch.Tensor]] = {}
+
+    def ours() -> None:
+        values["ours"] = [conv_singular_values(k, n) for k, n in layers]
+
+    def loop() -> None:
+        values["loop"] = [references.conv_singular_values_loop(k, n) for k, n in layers]
+
+    result = compare(ours, loop, args.spectra_repeats, device, warmup=0)
+    pairs = zip(values["ours"], values["loop"], strict=True)
+    max_diff = max(float((a - b).abs().max()) for a, b in pairs)
+    summary = full["result"].summary()
+    return {
+        "description": f"exact spectra of WRN-{depth}-{width}'s {summary['n_layers']} layers (32x32): seconds; ratio on its {len(layers)} distinct stride-1 convs, batched ÷ a per-frequency svdvals loop",
+        **result, "target": 1.0,
+        "extra": {
+            "whole_model_s": seconds, "layers": summary["n_layers"], "distinct_convs": [[*shape, n] for shape, n in distinct],
+            "max_abs_diff_vs_loop": max_diff, "log_spectral_complexity": summary["log_spectral_complexity"],
+        },
+    }  # fmt: skip
+
+
+@CASES.register("diagnose_gaps")
+def diagnose_gaps_case(args: argparse.Namespace) -> dict[str, Any]:
+    """`robustlab diagnose RUN --what gaps` (the whole command) ÷ evaluate_robustness on the same
+    points with the same attack: the losses come from the logits the evaluation computes anyway."""
+    from robustlab.cli._target import load_dataset
+    from robustlab.cli.main import main as cli
+    from robustlab.config import build_config
+    from robustlab.training.runner import load_trained_model
+
+    n = args.gaps_points  # per split: gaps attacks n training and n test points
+    overrides = [
+        "data.name=synthetic", f"data.options.n_train={n}", f"data.options.n_test={n}",
+        "data.val_size=0", "model.name=lenet", "model.width=4", "method.name=clean",
+        "train.epochs=1", "eval.n=64", "eval.n_train=0", "eval.steps=20", "attack.eps=8/255",
+        f"device={args.device.type}",
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        run, store = Path(tmp) / "run", Path(tmp) / "store.db"
+        sets = [part for o in overrides for part in ("--set", o)]
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert cli(["train", *sets, "--out", str(run), "--store", str(store), "--quiet"]) == 0
+        from robustlab.rundir import RunDirectory
+
+        model, _ = load_trained_model(RunDirectory.open(run), "last", args.device)
+        config = build_config(run / "config.toml")
+        data = load_dataset(config)
+        x = torch.cat([data.train_x, data.test_x]).to(args.device)
+        y = torch.cat([data.train_y, data.test_y]).to(args.device)
+        ev = config.eval
+        attack = create_attack(
+            "pgd", eps=ev.eps, steps=ev.steps, alpha=ev.alpha, restarts=ev.restarts
+        )
+        argv = ["diagnose", str(run), "--what", "gaps", "--device", args.device.type, "--json"]
+        outcome: dict[str, Any] = {}
+
+        def ours() -> None:
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                assert cli(argv) == 0
+            outcome["gaps"] = json.loads(out.getvalue())["gaps"]
+
+        def reference() -> None:
+            outcome["eval"] = evaluate_robustness(model, x, y, attack, batch_size=ev.batch_size)
+
+        result = compare(ours, reference, args.gaps_repeats, args.device, args.gaps_warmup)
+    gaps = outcome["gaps"]
+    return {
+        "description": f"diagnose --what gaps on {n} train + {n} test points (synthetic 3x8x8, LeNet width 4, PGD-{ev.steps}), whole command (data, model, figure, store) ÷ one evaluate_robustness pass over the same {2 * n} points",
+        **result, "target": 1.1,
+        "extra": {
+            "points_attacked": 2 * n, "fixed_overhead_s": result["ours"]["median"] - result["reference"]["median"],
+            "robust_acc_evaluate_robustness": outcome["eval"].robust_accuracy,
+            "robust_acc_gaps": 1 - (gaps["train_rob_error"] + gaps["test_rob_error"]) / 2,
+        },
+    }  # fmt: skip
+
+
+@CASES.register("hessian")
+def hessian_case(args: argparse.Namespace) -> dict[str, Any]:
+    """Top-1 and top-5 Hessian eigenvalues by power iteration with deflation: robustlab's
+    ``hessian(solver="power")`` ÷ PyHessian's loop, same model, batch, tolerance and products."""
+    from robustlab.diagnostics import hessian
+
+    device, iters = args.device, args.hessian_iters
+    x, y = cifar_batch(args.hessian_batch, device, seed=3)
+    model = preact(args.hessian_width, device).eval()
+    # tol = 0: no early stop, so both compute exactly top_n x iters Hessian-vector products.
+    rows, outcome = {}, {}
+    for top in (1, 5):
+
+        def ours(top: int = top) -> None:
+            outcome[f"ours{top}"] = hessian(
+                model, x, y, k=top, solver="power", tol=0.0, max_iter=iters, batch_size=len(y)
+            )
+
+        def reference(top: int = top) -> None:
+            outcome[f"ref{top}"] = references.pyhessian_top_eigenvalues(
+                model, x, y, top, iters, 0.0
+            )
+
+        rows[top] = compare(ours, reference, args.hessian_repeats, device)
+    ours5 = outcome["ours5"]
+    # For scale: the products Lanczos needs for the top 5 at PyHessian's default tolerance.
+    lanczos = hessian(model, x, y, k=5, solver="lanczos", max_iter=60, batch_size=len(y))
+    return {
+        "description": f"top-1 Hessian eigenvalue, {iters} power iterations, PreActResNet-18 width {args.hessian_width}, batch {len(y)}: robustlab ÷ PyHessian's loop",
+        **rows[1], "target": 1.0,
+        "extra": {
+            "top5_ratio": rows[5]["ratio"], "top5_ratio_of_mins": rows[5]["ratio_of_mins"], "top5_target": 1.0,
+            "hvps_each": ours5.hvps, "top1_ours": outcome["ours1"].eigenvalues[0], "top1_pyhessian": outcome["ref1"][0][0],
+            "lanczos_top5_tol1e-3_hvps": lanczos.hvps, "lanczos_top5_converged": lanczos.converged,
+        },
+    }  # fmt: skip
+
+
+@CASES.register("tracking")
+def tracking_case(args: argparse.Namespace) -> dict[str, Any]:
+    """A PGD-10 AT epoch of 10 steps with ``train.track_every = 10`` (one step recorded, then one
+    flush) ÷ the same epoch untracked; and with every step recorded (the first and last 2,000)."""
+    from robustlab.training.loop import train_one_epoch
+    from robustlab.training.tracking import IterationTracker
+
+    device, width, batch, steps = args.device, args.track_width, args.track_batch, 10
+    x, y = cifar_batch(batch * steps, device, seed=5)
+    images = (x * 255).to(torch.uint8)
+    loader = DeviceLoader(images, y, batch, shuffle=True)
+    attack = create_attack("pgd", eps=EPS, alpha=ALPHA, steps=10, check_inputs=False)
+
+    def epoch_runner(tracker_every: int | None, dense: int = 0) -> Callable[[], Any]:
+        model = preact(width, device)
+        method = create_method("pgd_at", attack=attack, track_terms=False)
+        optimizer, controls = sgd(model), controls_for(attack)
+        # total far beyond this epoch: only the sparse rule applies unless ``dense`` says so.
+        tracker = (
+            IterationTracker(model, tracker_every, total=10**9, dense=dense)
+            if tracker_every
+            else None
+        )
+
+        def run() -> None:
+            train_one_epoch(model, method, loader, optimizer, controls, 0, tracker=tracker)
+            if tracker is not None:
+                tracker.flush()
+
+        return run
+
+    result = compare(epoch_runner(10), epoch_runner(None), args.track_repeats, device)
+    dense = compare(epoch_runner(10, dense=10**9), epoch_runner(None), 2, device)
+    # The tracker's own work per recorded step, timed alone (a ratio of two epochs on a loaded
+    # machine moves by a few percent either way): the hook, the norms, the record.
+    model = preact(width, device)
+    method = create_method("pgd_at", attack=attack, track_terms=False)
+    tracker = IterationTracker(model, 1, total=10**9, dense=10**9)
+    xb, yb = x[:batch], y[:batch]
+    with tracker.watching(model, 0):
+        out = train_step(model, method, sgd(model), controls_for(attack), xb, yb, device)
+    record_s = timed(lambda: [tracker.record(0, 0, out, yb, 0.1, EPS) for _ in range(20)], device)
+    tracker.flush()
+    step_s = result["reference"]["median"] / steps
+    return {
+        "description": f"PGD-10 AT epoch of {steps} steps, PreActResNet-18 width {width}, batch {batch}: track_every=10 ÷ untracked",
+        **result, "target": 1.05,
+        "extra": {
+            "every_step_recorded_ratio": dense["ratio"], "step_s": step_s,
+            "record_s": record_s / 20, "record_share_of_a_step": record_s / 20 / step_s,
+        },
+    }  # fmt: skip
+
+
 @CASES.register("gpu_wrn")
 def gpu_wrn_case(args: argparse.Namespace) -> dict[str, Any]:
     """GPU profile: a PGD-10 AT epoch of WRN-34-10 on CIFAR-shaped data, fp32 eager vs bf16 +
@@ -580,11 +853,44 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu:
         args.width, args.batch, args.attack_width, args.attack_repeats = 64, 128, 64, 5
         args.aa_points, args.aa_repeats, args.data_images, args.gpu_images = 1000, 3, 50000, 10240
-        default_cases = ["pgd_at", "trades", "attacks", "autoattack", "data", "gpu_wrn"]
+        args.spectra_depth, args.spectra_width, args.spectra_repeats = 34, 10, 3
+        args.gaps_points, args.gaps_repeats, args.gaps_warmup = 10000, 5, 1
+        args.hessian_width, args.hessian_batch = 64, 256
+        args.hessian_iters, args.hessian_repeats = 20, 5
+        args.track_width, args.track_batch, args.track_repeats = 64, 128, 5
+        default_cases = [
+            "pgd_at",
+            "trades",
+            "attacks",
+            "autoattack",
+            "data",
+            "spectra",
+            "diagnose_gaps",
+            "hessian",
+            "tracking",
+            "gpu_wrn",
+        ]
     else:
         args.width, args.batch, args.attack_width, args.attack_repeats = 16, 128, 8, 7
         args.aa_points, args.aa_repeats, args.data_images, args.gpu_images = 128, 5, 10000, 0
-        default_cases = ["pgd_at", "trades", "attacks", "autoattack", "data", "demo"]
+        args.spectra_depth, args.spectra_width, args.spectra_repeats = 34, 10, 1
+        args.gaps_points, args.gaps_repeats, args.gaps_warmup = 5000, 3, 1
+        args.hessian_width, args.hessian_batch = 4, 32
+        args.hessian_iters, args.hessian_repeats = 10, 5
+        args.track_width, args.track_batch, args.track_repeats = 8, 64, 3
+        default_cases = [
+            "pgd_at",
+            "trades",
+            "attacks",
+            "autoattack",
+            "data",
+            "spectra",
+            "diagnose_gaps",
+            "hessian",
+            "tracking",
+            "demo",
+            "sweep_local",
+        ]
     names = args.case or default_cases
     report: dict[str, Any] = {
         "profile": "gpu" if args.gpu else "cpu",

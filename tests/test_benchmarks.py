@@ -66,3 +66,29 @@ def test_data_case_reference_dataset_yields_float_crops_with_their_labels() -> N
     x, y = dataset[2]
     assert x.shape == (3, 8, 8) and x.dtype == torch.float32 and int(y) == 2
     assert float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+def test_diagnostics_cases_are_registered_and_run_on_a_tiny_size(one_thread) -> None:
+    """`spectra` (exact spectra of a WRN, batched vs a per-frequency loop) and `diagnose_gaps`
+    (the command vs one evaluation pass), at a size that runs in seconds."""
+    import argparse
+
+    bench = _bench()
+    assert {"spectra", "diagnose_gaps"} <= set(bench.CASES.names())
+    args = argparse.Namespace(
+        device=torch.device("cpu"),
+        spectra_depth=16, spectra_width=1, spectra_repeats=1,
+        gaps_points=32, gaps_repeats=1, gaps_warmup=0,
+    )  # fmt: skip
+    spectra = bench.CASES.get("spectra")(args)
+    assert spectra["extra"]["layers"] == 16  # 13 3x3 convolutions, 2 1x1 shortcuts, the head
+    assert spectra["extra"]["max_abs_diff_vs_loop"] < 1e-4  # the same values as the plain loop
+    assert len(spectra["extra"]["distinct_convs"]) == 4 and spectra["ratio"] > 0
+    gaps = bench.CASES.get("diagnose_gaps")(args)
+    assert gaps["extra"]["points_attacked"] == 64 and gaps["target"] == 1.1
+    # The same attack on the same points: robust accuracies agree up to PGD's random starts.
+    assert (
+        abs(gaps["extra"]["robust_acc_gaps"] - gaps["extra"]["robust_acc_evaluate_robustness"])
+        < 0.1
+    )
+    assert gaps["ours"]["runs"] == gaps["reference"]["runs"] == 1

@@ -65,7 +65,7 @@ def test_a_cascade_reports_per_attack_and_the_worst_case(trained, capsys) -> Non
 def test_table_output_lists_each_attack_and_the_perturbation_norms(trained, capsys) -> None:
     assert main(["eval", "run", "--attack", "pgd,fgsm", "--quiet"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["attack", "robust", "acc", "stability", "seconds"]
+    assert out[0].split() == ["attack", "robust", "acc", "stability", "CE", "loss", "seconds"]
     assert [line.split()[0] for line in out[2:-1]] == ["(natural)", "pgd", "fgsm", "overall"]
     norms = re.fullmatch(r"perturbation norm \(Linf, eps 0\.1\): mean (\S+), max (\S+)", out[-1])
     assert norms and 0 < float(norms[1]) <= float(norms[2]) <= 0.1 + 1e-6

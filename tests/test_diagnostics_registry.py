@@ -15,7 +15,18 @@ from robustlab.attacks import create_attack
 from robustlab.diagnostics import DIAGNOSTICS, DiagnosticResult, create_diagnostic, measure
 from robustlab.errors import ConfigError, UnknownNameError
 
-EXPECTED = ["gaps", "lipschitz", "loss_variation", "margins", "spectra", "stability"]
+EXPECTED = [
+    "connectivity",
+    "gaps",
+    "hessian",
+    "landscape",
+    "lipschitz",
+    "loss_variation",
+    "margins",
+    "perturbation_similarity",
+    "spectra",
+    "stability",
+]
 
 
 def tiny_cnn() -> nn.Module:
@@ -39,6 +50,10 @@ def call_generically(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tens
         options["attack"] = create_attack("pgd", eps=0.1, steps=2)
     if meta["data"] == "train_test":
         options.update(x_test=x[:5], y_test=y[:5])
+    # Extra inputs a command line supplies from a flag (connectivity's --with CHECKPOINT).
+    for option, spec in meta.get("inputs", {}).items():
+        assert spec["kind"] == "model" and spec["flag"].startswith("--") and spec["help"]
+        options[option] = tiny_cnn()
     return measure(name, model, x, y, **options)
 
 

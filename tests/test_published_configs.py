@@ -73,6 +73,15 @@ EXPECTED = {
         "train.schedule": "exp_decay", "train.milestones": [75], "eval.eps": 8 / 255,
         "eval.steps": 20, "eval.alpha": 0.007,
     },
+    # Liu et al. 2020, Appendix C.1 (VGG-8 on CIFAR-10 with Adam) and their train_normal.py
+    "cifar10_vgg_liu2020.toml": {
+        "method.name": "pgd_at", "model.name": "vgg", "model.depth": 16, "model.width": 8,
+        "model.normalize": False, "attack.eps": 8 / 255, "attack.alpha": 2 / 255,
+        "attack.steps": 10, "bn": "eval", "train.epochs": 200, "train.batch_size": 128,
+        "train.optimizer": "adam", "train.lr": 1e-3, "train.schedule": "exponential",
+        "train.milestones": [100, 150], "train.gamma": 0.1, "train.weight_decay": 1e-3,
+        "attack.eps_max": 16 / 255, "eval.steps": 10, "eval.alpha": 2 / 255,
+    },
 }  # fmt: skip
 
 

@@ -79,23 +79,37 @@ class DataConfig:
         "held-out validation split from the training set: a count, or a fraction if < 1",
         VAL_SIZE,
     )
+    train_size: int | float | None = key(
+        None,
+        "training points kept after the validation split: a count, or a fraction if < 1; a seeded class-stratified subset (Xing et al. Table 3: eps* against n; unset: all)",
+        POSITIVE,
+    )
     augment: str = key(
         "auto",
-        "training augmentation: auto (the dataset's usual one), none, crop_flip, crop",
+        "training augmentation: auto (the dataset's usual one), none, crop_flip, crop, random_resized_crop",
         choices="augmentations",
     )
     download: bool = key(False, "download missing files through torchvision (if installed)")
     options: dict[str, Any] = key(
         {}, "dataset-specific options (e.g. synthetic: n_train, image_size)"
     )
+    extra: str = key(
+        "",
+        "extra pseudo-labelled training images mixed into every batch (Carmon et al. 2019's RST pickle: 'data' N x H x W x C uint8, 'extrapolated_targets'; a run records it absolute; empty: none)",
+    )
+    extra_fraction: float = key(
+        0.5,
+        "with data.extra: share of each training batch drawn from it (RST's unsup_fraction: 0.5)",
+        (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    )
 
 
 @dataclass
 class ModelConfig:
     name: str = key("mlp", "model family", choices="models")
-    width: int | None = key(
+    width: int | float | None = key(
         None,
-        "width knob: MLP units, LeNet/VGG factor, WRN widen factor, DenseNet growth rate, ResNet base channels (unset: family standard)",
+        "width knob: MLP units, LeNet/VGG factor, WRN widen factor, DenseNet growth rate, ResNet base channels (unset: family standard; fractions such as 0.5 for wrn, wrn_bottleneck, vgg)",
         POSITIVE,
     )
     depth: int | None = key(
@@ -156,7 +170,7 @@ class AttackConfig:
     norm: str = key("Linf", "threat model of the training attack", choices=NORMS)
     eps: float = key(0.2, "training attack budget (fractions such as 8/255 allowed)", NON_NEGATIVE)
     alpha: float | None = key(
-        None, "PGD step size (unset: 2.5 * eps / steps, Madry et al.)", POSITIVE
+        None, "PGD step size (unset: 2.5 * eps / steps, Madry et al.)", NON_NEGATIVE
     )
     steps: int = key(10, "PGD steps of the training attack", POSITIVE)
     random_start: bool = key(True, "start PGD from a uniform random point in the ball")
@@ -188,7 +202,9 @@ class AttackConfig:
 class EvalConfig:
     eps: float | None = key(None, "evaluation budget (unset: attack.eps)", NON_NEGATIVE)
     norm: str | None = key(None, "evaluation threat model (unset: attack.norm)", choices=NORMS)
-    alpha: float | None = key(None, "evaluation PGD step size (unset: 2.5 * eps / steps)", POSITIVE)
+    alpha: float | None = key(
+        None, "evaluation PGD step size (unset: 2.5 * eps / steps)", NON_NEGATIVE
+    )
     steps: int = key(20, "evaluation PGD steps", POSITIVE)
     restarts: int = key(1, "evaluation PGD random restarts (per-example worst case kept)", POSITIVE)
     n: int | None = key(None, "test points evaluated each epoch (unset: all)", POSITIVE)
@@ -211,6 +227,11 @@ class EvalConfig:
     )
     final: bool = key(
         True, "evaluate the last, best and (PAS) ensemble models on the whole test set at the end"
+    )
+    select: str = key(
+        "val_rob_acc",
+        "per-epoch metric that picks the best checkpoint: val_rob_acc (largest), val_rob_loss, test_nat_loss or test_rob_loss (smallest; Xing et al.'s early stopping, but selecting on the test set biases its numbers: see README)",
+        choices="selection_metrics",
     )
 
 
@@ -250,6 +271,30 @@ class TrainConfig:
         False, "channels-last memory format for convolutional models (faster on GPUs)"
     )
     compile: bool = key(False, "torch.compile the model for training (long runs on GPUs)")
+    spectral_clip: float | None = key(
+        None,
+        "clip every conv's (exact operator at its input size) and linear layer's singular values to at most this C after training epochs (Wen et al. App. B.4.2; unset: off)",
+        POSITIVE,
+    )
+    spectral_clip_every: int = key(
+        1, "with spectral_clip: clip every this many epochs (the last always)", POSITIVE
+    )
+    sync_bn: bool = key(
+        False,
+        "under torchrun (DDP): batch-norm statistics of the global batch (SyncBatchNorm, CUDA only) instead of each process's shard",
+    )
+    track_every: int = key(
+        0,
+        "record the gradient norm, ‖θ − θ0‖, the batch's robust error and loss, λ and ε every this many iterations, and every iteration of the first and last 2,000 (iterations.jsonl; Liu et al. Figs. 1, 8; 0: off)",
+        NON_NEGATIVE,
+    )
+    save_epochs: list[int] = key(
+        [], "epochs whose checkpoints are kept beside last/best (checkpoints/epoch-N.pt)", POSITIVE
+    )
+    init_from: str = key(
+        "",
+        "start from another run's weights only (a checkpoint file, or a run directory: its last.pt; same architecture; a run records it absolute; empty: fresh)",
+    )
 
 
 @dataclass
@@ -573,6 +618,7 @@ _REGISTRY_NAMES: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
     "eps_schedules": (".training.eps_schedules", lambda m: m.list_eps_schedules()),
     "optimizers": (".training.optim", lambda m: m.OPTIMIZERS.names()),
     "attack_losses": (".attacks.functional", lambda m: m.LOSSES.names()),
+    "selection_metrics": (".training.runner", lambda m: list(m.SELECTION_RULES)),
 }
 
 
@@ -624,6 +670,19 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(
                 f"{dotted}.eps", eps, "must be in [0, 1] for Linf on images in [0, 1]"
             )
+        # A step of 0 is what the step rule resolves a budget of 0 to (a clean run's saved
+        # config must read back); with a budget > 0 it is a mistake.
+        alpha = config.get(f"{dotted}.alpha")
+        budget = eps if eps is not None else config.attack.eps
+        if alpha == 0 and budget > 0:
+            raise ConfigError(f"{dotted}.alpha", alpha, "must be > 0 (0 only with a budget of 0)")
+    for epoch in config.train.save_epochs:
+        if epoch > config.train.epochs:
+            raise ConfigError(
+                "train.save_epochs",
+                config.train.save_epochs,
+                f"epochs in [1, train.epochs={config.train.epochs}]",
+            )
     if config.train.milestones is not None:
         for m in config.train.milestones:
             if not 0 <= m <= config.train.epochs:
@@ -633,6 +692,11 @@ def validate(config: RunConfig) -> None:
                     f"epochs in [0, train.epochs={config.train.epochs}]",
                 )
     validate_schedules(config)
+    train_size = config.data.train_size
+    if isinstance(train_size, float) and train_size >= 1:
+        raise ConfigError(
+            "data.train_size", train_size, "a count (integer) or a fraction in (0, 1)"
+        )
     if isinstance(config.data.val_size, float) and config.data.val_size >= 1:
         raise ConfigError(
             "data.val_size", config.data.val_size, "a count (integer) or a fraction in [0, 1)"
@@ -738,12 +802,13 @@ def resolve(config: RunConfig) -> RunConfig:
         train = dataclasses.replace(train, milestones=[0.5 * train.epochs, 0.75 * train.epochs])
     model = config.model
     if model.name in _registry_names("models"):
-        from .models import family_spec
+        from .models import family_spec, normalize_width
 
         spec = family_spec(model.name)
         model = dataclasses.replace(
             model,
-            width=spec.default_width if model.width is None else model.width,
+            # 10.0 (a TOML float, a sweep axis) is saved and named as the 10 it is.
+            width=spec.default_width if model.width is None else normalize_width(model.width),
             depth=spec.default_depth if model.depth is None else model.depth,
         )
     method = config.method

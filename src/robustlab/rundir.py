@@ -7,9 +7,11 @@
                      start time, status, wall time, absolute paths of the run directory,
                      the results store and the data root
   metrics.jsonl      one JSON object per finished epoch
+  iterations.jsonl   with train.track_every: one JSON object per recorded iteration
   checkpoints/
     last.pt          after every epoch: model, optimizer, step, RNG states, history, config
     best.pt          the epoch with the best validation robust accuracy
+    epoch-N.pt       with train.save_epochs: the model at the end of epoch N
 ```
 """
 
@@ -58,6 +60,14 @@ class RunDirectory:
     @property
     def best_checkpoint(self) -> Path:
         return self.path / "checkpoints" / "best.pt"
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        """The model kept at the end of epoch ``epoch`` (1-based; ``train.save_epochs``)."""
+        return self.path / "checkpoints" / f"epoch-{epoch}.pt"
+
+    @property
+    def iterations_file(self) -> Path:
+        return self.path / "iterations.jsonl"
 
     def snapshot_checkpoint(self, period: int) -> Path:
         """The model kept at the end of PAS period ``period`` (1-based)."""
@@ -178,6 +188,25 @@ class RunDirectory:
         """Replace ``metrics.jsonl`` with exactly ``history`` (used on resume)."""
         atomic_write_text(self.metrics_file, "".join(json.dumps(m) + "\n" for m in history))
 
+    def append_iterations(self, records: list[dict[str, Any]]) -> None:
+        """Add one epoch's per-iteration records (``train.track_every``) to ``iterations.jsonl``."""
+        if records:
+            append_line(self.iterations_file, "\n".join(json.dumps(r) for r in records))
+
+    def truncate_iterations(self, before: int) -> None:
+        """Keep the records of iterations ``< before`` only: a resumed run records the later
+        ones again, from its last checkpoint (which has done ``before`` iterations)."""
+        if not self.iterations_file.exists():
+            return
+        kept = [r for r in self.read_iterations() if r["iteration"] < before]
+        atomic_write_text(self.iterations_file, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def read_iterations(self) -> list[dict[str, Any]]:
+        if not self.iterations_file.exists():
+            return []
+        text = self.iterations_file.read_text()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_file.exists():
             return []
@@ -192,10 +221,14 @@ def absolute_path(path: str | Path) -> Path:
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
-    """``config`` with ``data.root`` absolute, as a run records it: a run's results must not
-    depend on the directory a later ``eval`` or ``--resume`` is started from."""
-    data = dataclasses.replace(config.data, root=str(absolute_path(config.data.root)))
-    return dataclasses.replace(config, data=data)
+    """``config`` with ``data.root`` (and ``data.extra`` and ``train.init_from``, when set)
+    absolute, as a run records it: a run's results must not depend on the directory a later
+    ``eval`` or ``--resume`` is started from."""
+    extra = str(absolute_path(config.data.extra)) if config.data.extra else ""
+    data = dataclasses.replace(config.data, root=str(absolute_path(config.data.root)), extra=extra)
+    init_from = str(absolute_path(config.train.init_from)) if config.train.init_from else ""
+    train = dataclasses.replace(config.train, init_from=init_from)
+    return dataclasses.replace(config, data=data, train=train)
 
 
 def check_can_create(path: str | Path, flag: str) -> None:
@@ -230,7 +263,19 @@ def process_alive(pid: int | None, host: str | None) -> bool | None:
         os.kill(pid, 0)  # signal 0 sends nothing: it only checks that the process exists
     except OSError as exc:
         return exc.errno == errno.EPERM  # it exists, but belongs to another user
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but was not reaped yet (Linux state ``Z``): a SIGKILLed run's
+    process whose parent died too stays a zombie until init reaps it, and in some containers
+    init never does; ``kill(pid, 0)`` still succeeds on it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # not Linux, or it vanished meanwhile
+        return False
+    # "pid (command) S ...": the command may hold spaces or parentheses; the state follows the last ")"
+    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "Z"
 
 
 def shown_status(status: str, pid: int | None, host: str | None) -> str:

@@ -14,11 +14,8 @@ from typing import Any
 
 import torch
 
-from .._fraction import parse_number
 from .._io import atomic_write_bytes
-from .._options import accepted_options
-from ..attacks import ATTACKS, Attack, create_attack, model_mode
-from ..config import NORMS, RunConfig, build_config, default_alpha
+from ..attacks import Attack, model_mode
 from ..errors import ConfigError
 from ..evaluation import STABILITY_LABELS, RobustnessResult, evaluate_robustness, expand_attacks
 from ..evaluation.checks import (
@@ -31,56 +28,24 @@ from ..progress import Progress
 from ..report import attack_settings, render_table
 from ..store import ResultsStore
 from ..training.checkpoint import seed_everything
-from ..training.runner import load_data, resolve_device
+from ..training.runner import resolve_device
 from ._common import add_store_argument, emit_json, info, register_command, store_for
-from ._sources import LoadedModel, check_fits, load_model, parse_model_args, with_normalization
-
-# Command-line options that set attack constructor arguments: each flag sets the keyword of the
-# same name (``--steps`` sets ``steps``), the one vocabulary every attack uses.
-ATTACK_OPTIONS = ("steps", "restarts", "alpha", "queries", "targets", "version")
-# ...except AutoAttack's ``version``: ``--version`` reads as the program's version.
-OPTION_FLAGS = {**{o: f"--{o}" for o in ATTACK_OPTIONS}, "version": "--aa-version"}
+from ._sources import LoadedModel, check_fits
+from ._target import (  # noqa: F401  (ATTACK_OPTIONS, OPTION_FLAGS, build_attacks: re-exported)
+    ATTACK_OPTIONS,
+    OPTION_FLAGS,
+    add_attack_arguments,
+    add_model_arguments,
+    build_attacks,
+    data_config,
+    load_target,
+    load_test_points,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model",
-        metavar="MODEL",
-        help="run directory, robustlab checkpoint, TorchScript file, or module:function",
-    )
-    parser.add_argument(
-        "--model-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="model_args",
-        help="keyword argument of a module:function model (repeatable), e.g. "
-        "--model-arg model_name=Carmon2019Unlabeled; values are TOML or Python literals, else text",
-    )
-    parser.add_argument(
-        "--checkpoint", default="last", help="for a run directory: last (default) or best"
-    )
-    parser.add_argument(
-        "--attack",
-        default="pgd",
-        help=f"attack, or several joined by commas, run as a worst-case cascade; one of {', '.join(ATTACKS.names())}",
-    )
-    parser.add_argument(
-        "--aa-version",
-        dest="version",
-        help="AutoAttack version: standard (default), plus, rand",
-    )
-    parser.add_argument("--eps", help="budget, e.g. 8/255 (default: the run's eval.eps)")
-    parser.add_argument("--norm", help="Linf or L2 (default: the run's eval.norm)")
-    parser.add_argument(
-        "--steps", type=int, help="iterations (PGD default: the run's eval.steps; APGD/FAB: 100)"
-    )
-    parser.add_argument("--alpha", help="PGD step size (default: 2.5 * eps / steps)")
-    parser.add_argument("--restarts", type=int, help="random restarts")
-    parser.add_argument("--queries", type=int, help="Square's query budget (default 5000)")
-    parser.add_argument(
-        "--targets", type=int, help="target classes of APGD-T/FAB-T (default 9; < classes)"
-    )
+    add_model_arguments(parser)
+    add_attack_arguments(parser)
     parser.add_argument("--n", type=int, help="evaluate the first N test points (default: all)")
     parser.add_argument(
         "--batch-size",
@@ -95,16 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="attack the predicted (default) or the true label",
     )
-    parser.add_argument("--data", help="dataset of a model from outside a run (e.g. cifar10)")
-    parser.add_argument(
-        "--data-root",
-        help="where the dataset files are (default: the run's data.root, else data)",
-    )
-    parser.add_argument(
-        "--mean",
-        help="per-channel mean, e.g. 0.4914,0.4822,0.4465, for a model expecting normalized input",
-    )
-    parser.add_argument("--std", help="per-channel std, with --mean")
     parser.add_argument(
         "--save-adv", metavar="PATH", help="save the adversarial examples (torch.save of a dict)"
     )
@@ -113,90 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="save the cascade state there as it goes, and resume from it if it exists",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_store_argument(parser, of_run=True)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _number(flag: str, text: str) -> float:
-    try:
-        return parse_number(text)
-    except ValueError:
-        raise ConfigError(
-            flag, text, "expected a number (fractions such as 8/255 allowed)"
-        ) from None
-
-
-def _floats(flag: str, text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    return [_number(flag, part) for part in text.split(",") if part.strip()]
-
-
-def threat_model_settings(args: argparse.Namespace, loaded: LoadedModel) -> tuple[float, str]:
-    """The budget and norm: the command line's, else the run's evaluation config."""
-    config = loaded.config
-    if args.eps is None and config is None:
-        raise ConfigError(
-            "--eps", None, "required for a model from outside a run, e.g. --eps 8/255"
-        )
-    eps = _number("--eps", args.eps) if args.eps is not None else config.eval.eps
-    norm = args.norm or (config.eval.norm if config is not None else "Linf")
-    if eps < 0:
-        raise ConfigError("--eps", args.eps, "must be >= 0")
-    if norm not in NORMS:
-        raise ConfigError("--norm", norm, f"one of {', '.join(NORMS)}")
-    if norm == "Linf" and eps > 1:
-        raise ConfigError("--eps", args.eps, "must be in [0, 1] for Linf on images in [0, 1]")
-    return eps, norm
-
-
-def build_attacks(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, Attack]:
-    """The attacks named by ``--attack``, with the command line's settings where they apply.
-
-    PGD takes its defaults from the run's evaluation config (the per-epoch attack); every other
-    attack keeps its published defaults unless an option overrides them.
-    """
-    names = [n.strip() for n in args.attack.split(",") if n.strip()]
-    if not names:
-        raise ConfigError("--attack", args.attack, f"one or more of {', '.join(ATTACKS.names())}")
-    eps, norm = threat_model_settings(args, loaded)
-    given = {
-        option: getattr(args, option)
-        for option in ATTACK_OPTIONS
-        if getattr(args, option) is not None
-    }
-    for option in ("steps", "restarts", "queries", "targets"):
-        if option in given and given[option] <= 0:
-            raise ConfigError(f"--{option}", given[option], "must be > 0")
-    if "alpha" in given:
-        given["alpha"] = _number("--alpha", given["alpha"])
-    attacks: dict[str, Attack] = {}
-    for name in names:
-        accepted = set(accepted_options(ATTACKS.get(name)))
-        kwargs: dict[str, Any] = {"eps": eps, "norm": norm}
-        for option, value in given.items():
-            if option in accepted:
-                kwargs[option] = value
-            elif len(names) == 1:
-                raise ConfigError(OPTION_FLAGS[option], value, f"{name} takes no such setting")
-        if name == "pgd" and loaded.config is not None:
-            kwargs = {**_run_pgd_settings(loaded, eps, kwargs), **kwargs}
-        key = name if name not in attacks else f"{name}#{len(attacks)}"
-        attacks[key] = create_attack(name, **kwargs)
-    return attacks
-
-
-def _run_pgd_settings(loaded: LoadedModel, eps: float, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The run's per-epoch PGD settings for what the command line leaves unset.
-
-    The run's step size is kept only with its own budget and steps; otherwise Madry's rule.
-    """
-    ev = loaded.config.eval
-    steps = kwargs.get("steps", ev.steps)
-    alpha = ev.alpha if (eps, steps) == (ev.eps, ev.steps) else default_alpha(eps, steps)
-    return {"steps": ev.steps, "restarts": ev.restarts, "alpha": alpha}
 
 
 def _check_counts(args: argparse.Namespace) -> None:
@@ -210,11 +84,7 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json
     _check_counts(args)
     device = resolve_device(args.device, "--device")
-    loaded = with_normalization(
-        load_model(args.model, args.checkpoint, device, parse_model_args(args.model_args)),
-        _floats("--mean", args.mean),
-        _floats("--std", args.std),
-    )
+    loaded = load_target(args, device)
     attacks = build_attacks(args, loaded)
     summary, result = evaluate_model(
         loaded,
@@ -251,20 +121,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 def result_table(result: RobustnessResult) -> str:
-    """Natural accuracy, then robust accuracy and stability after each attack of the cascade."""
-    rows = [["(natural)", result.natural_accuracy, None, None]]
+    """Natural accuracy and loss, then robust accuracy and stability after each attack of the
+    cascade, and overall the robust loss (mean CE against the true labels at the adversarial
+    examples kept; not tracked per attack, so those rows show '-')."""
+    rows = [["(natural)", result.natural_accuracy, None, result.natural_loss, None]]
     rows += [
         [
             name,
             result.per_attack[name],
             result.per_attack_stability[name],
+            None,
             result.attack_seconds.get(name),
         ]
         for name in result.per_attack
     ]
-    rows.append(["overall", result.robust_accuracy, result.perturbation_stability, result.seconds])
+    rows.append(
+        [
+            "overall",
+            result.robust_accuracy,
+            result.perturbation_stability,
+            result.robust_loss,
+            result.seconds,
+        ]
+    )
     return render_table(
-        ["attack", "robust acc", "stability", "seconds"], rows, ["auto", "pct", "pct", "auto"]
+        ["attack", "robust acc", "stability", "CE loss", "seconds"],
+        rows,
+        ["auto", "pct", "pct", "auto", "seconds"],
     )
 
 
@@ -299,20 +182,7 @@ def evaluate_model(
             (N, classes) logits (:func:`~robustlab.cli._sources.check_fits`).
         RunError: ``state_path`` holds a state of another model, data, attacks or seed.
     """
-    config = loaded.config
-    if data is not None or config is None:
-        if data is None:
-            raise ConfigError(
-                "--data", None, "required for a model from outside a run, e.g. --data cifar10"
-            )
-        overrides = [
-            f"data.name={data}",
-            "data.val_size=0",
-            *([f"data.root={data_root}"] if data_root else []),
-        ]
-        config = build_config(None, overrides)
-    elif data_root is not None:
-        config = build_config(None, [f"data.root={data_root}"], base=config.to_dict())
+    config = data_config(loaded, data, data_root)
     batch_size = batch_size or (loaded.config.eval.batch_size if loaded.config else 500)
     torch_device = torch.device(device)
     images, labels, num_classes = load_test_points(config, n, torch_device)
@@ -378,18 +248,6 @@ def evaluate_model(
             run_id, loaded.source, summary["attack"], first.norm, first.eps, summary
         )
     return summary, result
-
-
-def load_test_points(
-    config: RunConfig, n: int | None, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The first ``n`` test images and labels on ``device``, and the number of classes.
-
-    The dataset (training split included: 50,000 CIFAR images against 10,000 test ones) is
-    read on the CPU; only the points evaluated are moved.
-    """
-    dataset = load_data(config, torch.device("cpu"))
-    return dataset.test_x[:n].to(device), dataset.test_y[:n].to(device), dataset.num_classes
 
 
 def evaluation_header(loaded: LoadedModel, data: str, stages: dict[str, Attack], n: int) -> str:

@@ -12,7 +12,21 @@ from collections.abc import Iterator, Sequence
 
 from .. import __version__
 from ..errors import RobustlabError
-from . import calibrate_war, config, demo, eval, runs, show, train  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    calibrate_war,
+    config,
+    critical_eps,
+    demo,
+    diagnose,
+    eval,
+    ingest,
+    lam_tuning,
+    phase,
+    runs,
+    show,
+    sweep,
+    train,
+)
 from ._common import COMMANDS
 
 

@@ -10,6 +10,7 @@ from ..report.labels import epoch_split
 from ..rundir import shown_status
 from ..store import ResultsStore
 from ..store.sqlite import RunRecord
+from ..sweep.aggregate import final_metrics, matches, parse_where
 from ._common import add_store_argument, emit_json, register_command
 
 COLUMNS = [
@@ -32,6 +33,14 @@ COLUMNS = [
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_argument(parser)
+    parser.add_argument("--sweep", metavar="NAME", help="only the runs of this sweep")
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs with KEY=VALUE: a sweep axis or any config key, e.g. model.width=10 (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -68,8 +77,10 @@ def headline(record: RunRecord) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     store = ResultsStore(args.store, create=False)
+    where = parse_where(args.where)
+    records = store.sweep_runs(args.sweep) if args.sweep else store.runs()
     rows = []
-    for r in store.runs():
+    for r in (r for r in records if matches(r, where)):
         best = r.summary.get("best") or {}
         done = len(store.epochs(r.run_id))
         rows.append(
@@ -88,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
                 **headline(r),
                 "best_val_rob_acc": best.get("val_rob_acc"),
                 "tag": r.tag,
+                "sweep": r.sweep,
+                "sweep_run": r.sweep_run,
+                "sweep_values": r.sweep_values,
+                "final_metrics": final_metrics(r),
             }
         )
     if args.json:

@@ -13,7 +13,8 @@ from ..report import evaluation_label, render_table
 from ..report.labels import epoch_split
 from ..rundir import RunDirectory, new_run_id, with_absolute_paths
 from ..store import ResultsStore
-from ..training.runner import FitResult, fit, prepare
+from ..training import distributed
+from ..training.runner import FitResult, fit, prepare, resolve_device
 from ._common import (
     add_set_argument,
     add_store_argument,
@@ -73,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     # A run records absolute paths: its results must not depend on where it is resumed or
     # evaluated from (a run made before this gets the root its data was just found under).
     config = with_absolute_paths(config)
+    # Under torchrun (WORLD_SIZE > 1): one DDP run over the processes; ranks > 0 follow rank 0.
+    dist = distributed.init_from_env(resolve_device(config.device))
+    if dist is not None and not dist.is_main:
+        return _follow_rank_0(config, bool(args.resume))
     experiment = prepare(config)  # every check that can fail happens before anything is written
     out = Path(args.out) if args.out else RUNS_ROOT / run_id
     if run_dir is None:
@@ -83,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         run_dir = RunDirectory.create(out, config, run_id, store=store_file)
     else:
         run_dir.record_paths(config, store_file)
+    if dist is not None:  # the other ranks train the run rank 0 just created or reopened
+        distributed.broadcast_object((run_id, str(run_dir.path)))
     info(f"run {run_id} -> {run_dir.path}", quiet)
     result = fit(
         experiment,
@@ -93,11 +100,12 @@ def run(args: argparse.Namespace) -> int:
         show_progress=not quiet,
         on_epoch=None if quiet else _print_epoch,
     )
+    distributed.shutdown()
     if args.json:
         emit_json(
             {
                 "run_id": result.run_id,
-                "run_dir": str(result.run_dir),
+                "run_dir": str(Path(result.run_dir).resolve()),
                 "final": result.final,
                 "best": result.best,
                 "selection": result.selection,
@@ -105,6 +113,16 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print(summary_table(config, result))
+    return 0
+
+
+def _follow_rank_0(config: RunConfig, resume: bool) -> int:
+    """A rank > 0 of a torchrun run: train its shards of the run rank 0 set up, writing
+    nothing and printing nothing (rank 0 writes the run directory and the store and reports)."""
+    experiment = prepare(config)  # the same checks as rank 0's, and DDP's collective setup
+    run_id, path = distributed.broadcast_object(None)
+    fit(experiment, RunDirectory.open(path), run_id, None, resume=resume, show_progress=False)
+    distributed.shutdown()
     return 0
 
 

@@ -10,9 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from .._options import check_options
-from . import cifar, digits, mnist, svhn, synthetic, tiny_imagenet  # noqa: F401
+from . import cifar, digits, image_folder, mnist, svhn, synthetic, tiny_imagenet  # noqa: F401
 from ._base import DATASETS, ImageDataset, channel_stats
-from .augment import AUGMENTATIONS, random_crop, random_flip
+from .augment import (
+    AUGMENTATIONS,
+    random_crop,
+    random_flip,
+    random_resized_crop_boxes,
+    resized_crop,
+)
+from .extra import MixedLoader, load_extra
 from .loader import DeviceLoader
 
 __all__ = [
@@ -20,11 +27,15 @@ __all__ = [
     "DATASETS",
     "DeviceLoader",
     "ImageDataset",
+    "MixedLoader",
     "channel_stats",
     "create_dataset",
     "list_datasets",
+    "load_extra",
     "random_crop",
     "random_flip",
+    "random_resized_crop_boxes",
+    "resized_crop",
 ]
 
 

@@ -35,6 +35,8 @@ class ImageDataset:
         augment: the training augmentation the literature uses for this data (``"crop_flip"``:
             4-pixel zero-padded random crop + horizontal flip; ``"none"``).
         val_x, val_y: the held-out validation split (empty until :meth:`split_validation`).
+        extra_x, extra_y: extra pseudo-labelled training images and labels, mixed into each
+            training batch (``data.extra``, :mod:`robustlab.data.extra`); None without.
     """
 
     name: str
@@ -48,6 +50,8 @@ class ImageDataset:
     augment: str = NO_AUGMENT
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
+    extra_x: torch.Tensor | None = None
+    extra_y: torch.Tensor | None = None
 
     @property
     def in_channels(self) -> int:
@@ -65,7 +69,16 @@ class ImageDataset:
         """A copy with every tensor on ``device``."""
         moved = {
             field: getattr(self, field).to(device)
-            for field in ("train_x", "train_y", "test_x", "test_y", "val_x", "val_y")
+            for field in (
+                "train_x",
+                "train_y",
+                "test_x",
+                "test_y",
+                "val_x",
+                "val_y",
+                "extra_x",
+                "extra_y",
+            )
             if getattr(self, field) is not None
         }
         return replace(self, **moved)
@@ -98,6 +111,53 @@ class ImageDataset:
             val_x=self.train_x[val_idx],
             val_y=self.train_y[val_idx],
         )
+
+    def subsample_train(self, train_size: int | float, seed: int) -> ImageDataset:
+        """Keep ``train_size`` training points (a count, or a fraction if < 1): a seeded,
+        class-stratified subset, so that a result can be measured against the training-set size
+        n (Xing, Song & Cheng 2022, Table 3: ε* at n = 10K and 50K).
+
+        Each class keeps its share of the count, rounded by largest remainder, so every class's
+        count is within one point of ``train_size · n_c / n``; within a class the points are a
+        seeded random choice, kept in their original order. Applied after
+        :meth:`split_validation`, so the validation split is the same whatever ``train_size``.
+
+        Raises:
+            ConfigError: ``train_size`` ≤ 0 or more than the training points.
+        """
+        n = len(self.train_y)
+        count = (
+            round(train_size * n)
+            if isinstance(train_size, float) and train_size < 1
+            else int(train_size)
+        )
+        if not 0 < count <= n or (isinstance(train_size, float) and train_size >= 1):
+            raise ConfigError(
+                "data.train_size",
+                train_size,
+                f"a count in [1, {n}] or a fraction in (0, 1) of the {n} training points "
+                "left after the validation split",
+            )
+        if count == n:
+            return self
+        labels = self.train_y.cpu()
+        counts = torch.bincount(labels, minlength=self.num_classes).double()
+        quota = counts * count / n
+        keep = quota.floor().long()
+        # Largest remainder: the points still missing go to the classes with the largest
+        # fractional parts (ties by class index, for a deterministic answer).
+        missing = count - int(keep.sum())
+        order = sorted(range(len(quota)), key=lambda c: (-(quota[c] - keep[c]).item(), c))
+        for c in order[:missing]:
+            keep[c] += 1
+        generator = torch.Generator().manual_seed(seed)
+        chosen = []
+        for c in range(len(keep)):
+            members = torch.nonzero(labels == c).flatten()
+            pick = torch.randperm(len(members), generator=generator)[: int(keep[c])]
+            chosen.append(members[pick])
+        index = torch.cat(chosen).sort().values.to(self.train_y.device)
+        return replace(self, train_x=self.train_x[index], train_y=self.train_y[index])
 
 
 def channel_stats(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 
@@ -64,6 +65,56 @@ class DeviceLoader:
                 x, y = self.images[index], self.labels[index]
             x = self.augment(x, generator)
             yield x.float().div_(255), y
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch(0)
+
+
+class Batches(Protocol):
+    """What the training loop iterates: :class:`DeviceLoader`, the extra-data mixing loader."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class ShardedLoader:
+    """One process's share of every batch of ``loader``, for DistributedDataParallel.
+
+    Every rank iterates the same ``loader`` (the same global batch at every step: its permutation
+    and augmentation depend on ``(seed, epoch)`` only) and keeps the ``rank``-th of ``world_size``
+    contiguous shards of each batch (:func:`torch.tensor_split`: sizes differ by at most one), so
+    the union of the ranks' shards is exactly the batch one process trains on, and a resumed run
+    sees the same shards. Drawing the whole batch on every rank costs K-fold indexing and
+    augmentation of uint8 images, negligible beside the model's passes.
+
+    A final batch of fewer than ``world_size`` examples is skipped (a rank would get none, and
+    DDP needs every rank's backward pass).
+
+    Attributes:
+        shard_weight: K·n_r/N for the shard last yielded (n_r of the batch's N examples): the
+            factor on the shard's mean loss that makes DDP's average over the ranks the global
+            batch's mean (1.0 when the shards are equal).
+    """
+
+    def __init__(self, loader: Batches, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        self.loader, self.rank, self.world_size = loader, rank, world_size
+        self.shard_weight = 1.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.loader.epoch(epoch):
+            n = len(y)
+            if n < self.world_size:
+                continue
+            x_shard = x.tensor_split(self.world_size)[self.rank]
+            y_shard = y.tensor_split(self.world_size)[self.rank]
+            self.shard_weight = self.world_size * len(y_shard) / n
+            yield x_shard, y_shard
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)

@@ -6,19 +6,16 @@ http://cs231n.stanford.edu/tiny-imagenet-200.zip
 
 from __future__ import annotations
 
-import os
-import tempfile
-import warnings
 import zipfile
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
 
-from ..errors import DataFormatError, DataNotFoundError, RobustlabError
+from ..errors import DataFormatError, DataNotFoundError
 from ._base import CROP_FLIP, DATASETS, ImageDataset, channel_stats, from_numpy
 from ._download import first_directory_with, locate
+from ._images import decode_images, pillow, write_cache
 
 _SOURCE = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 _FOLDER = "tiny-imagenet-200"
@@ -77,40 +74,20 @@ def _val_files(directory: Path, wnids: list[str]) -> tuple[list[Path], np.ndarra
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-def _decode(image_module: ModuleType, paths: list[Path]) -> np.ndarray:
-    """The images at ``paths`` as uint8 N x 3 x 64 x 64 (greyscale JPEGs converted to RGB)."""
-    images = np.empty((len(paths), 3, _SIZE, _SIZE), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        try:
-            with image_module.open(path) as image:
-                pixels = np.asarray(image.convert("RGB"))
-        except OSError as exc:  # missing file, or not an image (PIL.UnidentifiedImageError)
-            raise DataFormatError(f"{path}: cannot decode ({exc})") from exc
-        if pixels.shape != (_SIZE, _SIZE, 3):
-            raise DataFormatError(
-                f"{path}: image is {pixels.shape[1]} x {pixels.shape[0]}, expected 64 x 64"
-            )
-        images[i] = pixels.transpose(2, 0, 1)
-    return images
-
-
 def _decode_all(directory: Path, wnids: list[str]) -> dict[str, np.ndarray]:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise RobustlabError(
-            "tiny_imagenet: decoding its JPEG files needs Pillow (pip install pillow)"
-        ) from None
+    """Decode every image (64 x 64 each: another size is a format error, not resized; greyscale
+    JPEGs converted to RGB) and compute the training set's channel statistics."""
+    image = pillow("tiny_imagenet")
     train_paths, train_y = _train_files(directory, wnids)
     test_paths, test_y = _val_files(directory, wnids)
-    train_x = _decode(Image, train_paths)
+    train_x = decode_images(image, train_paths, _SIZE, resize=False)
     mean, std = channel_stats(torch.from_numpy(train_x))
     return {
         "version": np.asarray(_CACHE_VERSION),
         "wnids": np.asarray(wnids),
         "train_x": train_x,
         "train_y": train_y,
-        "test_x": _decode(Image, test_paths),
+        "test_x": decode_images(image, test_paths, _SIZE, resize=False),
         "test_y": test_y,
         "mean": np.asarray(mean),
         "std": np.asarray(std),
@@ -136,31 +113,6 @@ def _read_cache(path: Path, wnids_path: Path, wnids: list[str]) -> dict[str, np.
         and len(arrays["test_x"]) == len(arrays["test_y"])
     )
     return arrays if consistent else None
-
-
-def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write the cache atomically (temporary file, then rename); skip it if that fails."""
-    if not os.access(path.parent, os.W_OK):
-        return
-    temporary: Path | None = None
-    try:
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-        ) as file:
-            temporary = Path(file.name)
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # NamedTemporaryFile creates it private (0600)
-        os.replace(temporary, path)
-    except OSError as exc:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
-        warnings.warn(
-            f"tiny_imagenet: could not write the decoded-image cache {path} ({exc}); "
-            "the JPEG files will be decoded again on the next load",
-            stacklevel=3,
-        )
 
 
 @DATASETS.register("tiny_imagenet")
@@ -202,7 +154,7 @@ def load_tiny_imagenet(root: Path, download: bool = False, cache: bool = True) -
     if arrays is None:
         arrays = _decode_all(directory, wnids)
         if cache:
-            _write_cache(cache_path, arrays)
+            write_cache(cache_path, arrays, "tiny_imagenet")
     return from_numpy(
         "tiny_imagenet",
         (arrays["train_x"], arrays["train_y"]),

@@ -13,6 +13,13 @@ if-chain on names:
   and the test points: ``f(model, x_train, y_train, x_test, y_test, ...)``) or ``"shapes"``
   (only a sample input, to find each layer's input size; labels are ignored).
 * ``attack``: whether the measurement takes an ``attack=`` (a robustlab :class:`Attack`).
+* ``plot``: its figure, ``plot_<name>(result, path) -> path`` (a PNG), defined next to the
+  measurement (helpers in ``_plot.py``).
+* ``plot_splits``: ``"points"`` measurements whose plot also takes ``{split: result}`` and
+  draws the splits together (train against test); without it, ``robustlab diagnose`` draws
+  one figure per split.
+* ``inputs``: further inputs the command line supplies, ``{option: {"kind": "model", "flag":
+  "--with", "help": ...}}`` (``kind`` ``"model"``: a model reference loaded as TARGET is).
 """
 
 from __future__ import annotations

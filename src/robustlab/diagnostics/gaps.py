@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 
 from ..attacks import Attack, model_mode
 from ._base import DIAGNOSTICS, DiagnosticResult, as_float, batch_slices, mean_or_nan
+from ._plot import SPLIT_COLOURS, new_figure, save, split_label
 
 
 @dataclass(repr=False)
@@ -129,7 +131,62 @@ class GapsResult(DiagnosticResult):
         return summary
 
 
-@DIAGNOSTICS.register("gaps", data="train_test", attack=True)
+def plot_gaps(result: GapsResult, path: str | Path) -> Path | None:
+    """Train and test bars of loss and error, natural and adversarial, to ``path`` (PNG).
+
+    The rows of Wen, Li & Jia 2020's Tables 3–6 as grouped bars: left the mean cross-entropy,
+    right the error (%); each group is annotated with its gap (test − train).
+
+    Returns:
+        ``path``, or ``None`` when matplotlib is not installed.
+    """
+    drawn = new_figure(ncols=2, size=(9.0, 4.0))
+    if drawn is None:
+        return None
+    figure, (loss_axis, error_axis) = drawn
+    train, test = result.train.means(), result.test.means()
+    gaps = result.gaps()
+    width = 0.38
+    panels = (
+        (loss_axis, ("nat_loss", "rob_loss"), 1.0, "mean cross-entropy (nats)", ".3f", ""),
+        (error_axis, ("nat_error", "rob_error"), 100.0, "error (%)", ".1f", " pp"),
+    )
+    for axis, keys, scale, ylabel, fmt, unit in panels:
+        positions = range(len(keys))
+        for offset, (split, means, n) in zip(
+            (-width / 2, width / 2),
+            (("train", train, result.train.n), ("test", test, result.test.n)),
+            strict=True,
+        ):
+            axis.bar(
+                [p + offset for p in positions],
+                [scale * means[k] for k in keys],
+                width,
+                color=SPLIT_COLOURS[split],
+                label=split_label(split, n),
+            )
+        top = max(scale * max(train[k], test[k]) for k in keys)
+        for p, key in zip(positions, keys, strict=True):
+            height = scale * max(train[key], test[key])
+            axis.annotate(
+                f"gap {scale * gaps[key + '_gap']:+{fmt}}{unit}",
+                (p, height + 0.02 * top),
+                ha="center",
+                va="bottom",
+                fontsize=9,
+            )
+        axis.set_xticks(list(positions), ["natural", f"adversarial ({result.attack})"])
+        axis.set_ylabel(ylabel)
+        axis.set_ylim(0, 1.15 * top if top > 0 else 1)
+    loss_axis.legend(loc="upper left")
+    figure.suptitle(
+        f"Train vs test under {result.attack} at {result.norm} ε = {result.eps:.4g} "
+        "(gap: test − train)"
+    )
+    return save(figure, path)
+
+
+@DIAGNOSTICS.register("gaps", data="train_test", attack=True, plot=plot_gaps)
 def gaps(
     model: nn.Module,
     x_train: torch.Tensor,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from ..attacks import create_attack, model_mode
 from ..attacks.functional import LOSSES
 from ..errors import ConfigError
 from ._base import DIAGNOSTICS, DiagnosticResult, as_float, batch_slices, describe
+from ._plot import by_split, new_figure, save, split_colour, split_label
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -67,7 +69,54 @@ class LossVariationResult(DiagnosticResult):
         }
 
 
-@DIAGNOSTICS.register("loss_variation", data="points", attack=False)
+def plot_loss_variation(
+    result: LossVariationResult | Mapping[str, LossVariationResult], path: str | Path
+) -> Path | None:
+    """Mean ± std over points of the loss variation against ε, per split, to ``path`` (PNG).
+
+    Wen, Li & Jia 2020, App. B.5, Fig. 8 and Table 1: both the mean and the spread of the loss
+    increase inside the ball fall as adversarial robustness grows. L-inf radii are shown in
+    units of 1/255.
+
+    Returns:
+        ``path``, or ``None`` when matplotlib is not installed.
+    """
+    results = by_split(result)
+    drawn = new_figure()
+    if drawn is None:
+        return None
+    figure, (axis,) = drawn
+    first = next(iter(results.values()))
+    scale, unit = (255.0, " (×1/255)") if first.norm == "Linf" else (1.0, "")
+    span = scale * (max(first.eps) - min(first.eps)) if len(first.eps) > 1 else scale * first.eps[0]
+    for index, (split, r) in enumerate(results.items()):
+        # A small sideways shift keeps the error bars of the splits apart.
+        shift = (index - (len(results) - 1) / 2) * 0.015 * (span or 1.0)
+        axis.errorbar(
+            [scale * e + shift for e in r.eps],
+            r.mean,
+            yerr=r.std,
+            marker="o",
+            capsize=4,
+            color=split_colour(split, index),
+            label=split_label(split, int(r.clean_loss.numel())),
+        )
+    axis.set_xticks([scale * e for e in first.eps], [f"{scale * e:.3g}" for e in first.eps])
+    axis.set_xlabel(f"ε{unit}, {first.norm}")
+    axis.set_ylabel(f"max loss increase in the ball ({first.loss.upper()}, nats)")
+    axis.set_ylim(bottom=0)
+    axis.legend()
+    axis.set_title(
+        f"Loss variation, PGD-{first.steps}"
+        + (f" x {first.restarts}" if first.restarts > 1 else "")
+        + ": mean ± std over points"
+    )
+    return save(figure, path)
+
+
+@DIAGNOSTICS.register(
+    "loss_variation", data="points", attack=False, plot=plot_loss_variation, plot_splits=True
+)
 def loss_variation(
     model: nn.Module,
     x: torch.Tensor,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from ._base import (
     dual_norm,
     histogram,
 )
+from ._plot import by_split, new_figure, overlaid_histograms, save
 
 
 def logit_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -72,7 +75,46 @@ class MarginsResult(DiagnosticResult):
         }
 
 
-@DIAGNOSTICS.register("margins", data="points", attack=False)
+def plot_margins(
+    result: MarginsResult | Mapping[str, MarginsResult], path: str | Path
+) -> Path | None:
+    """Histograms of the logit margins, raw and divided by their gradient norm, to ``path`` (PNG).
+
+    Wen, Li & Jia 2020 plot margin distributions to show that adversarial training concentrates
+    them near the decision boundary (§4.2.1, Fig. 4; train and test, App. B.3, Fig. 10). Given
+    ``{"train": ..., "test": ...}``, the splits are overlaid on shared bins; the dashed line is
+    the decision boundary (margin 0). Non-finite normalized margins (zero gradients) are left out.
+
+    Returns:
+        ``path``, or ``None`` when matplotlib is not installed.
+    """
+    results = by_split(result)
+    drawn = new_figure(ncols=2, size=(10.0, 4.0))
+    if drawn is None:
+        return None
+    figure, (raw, normalized) = drawn
+    first = next(iter(results.values()))
+    dual = {"Linf": "1", "L2": "2"}.get(first.norm, "q")
+    overlaid_histograms(raw, {s: r.margin for s, r in results.items()}, first.bins)
+    overlaid_histograms(
+        normalized, {s: r.normalized_margin for s, r in results.items()}, first.bins
+    )
+    raw.set_xlabel(r"logit margin $f_y(x) - \max_{j \neq y} f_j(x)$ (logits)")
+    normalized.set_xlabel(
+        rf"margin / $\|\nabla_x \mathrm{{margin}}\|_{dual}$ (input units, {first.norm} threat model)"
+    )
+    for axis in (raw, normalized):
+        axis.axvline(0.0, color="black", linestyle="--", linewidth=1)
+        axis.set_ylabel("density (share of points per unit)")
+    raw.set_title("raw")
+    normalized.set_title("distance to the boundary, first order")
+    raw.legend()
+    compared = " vs ".join(s for s in results if s)
+    figure.suptitle(f"Logit margins{': ' + compared if compared else ''} (dashed: boundary)")
+    return save(figure, path)
+
+
+@DIAGNOSTICS.register("margins", data="points", attack=False, plot=plot_margins, plot_splits=True)
 def margins(
     model: nn.Module,
     x: torch.Tensor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 from ..attacks import Attack
 from ..evaluation import evaluate_robustness
 from ._base import DIAGNOSTICS, DiagnosticResult
+from ._plot import CATEGORY_COLOURS, by_split, new_figure, save, split_label
 
 SPLIT = ("robust", "correct_unstable", "stable_wrong", "neither")
 
@@ -81,7 +83,51 @@ class StabilityResult(DiagnosticResult):
         }
 
 
-@DIAGNOSTICS.register("stability", data="points", attack=True)
+def plot_stability(
+    result: StabilityResult | Mapping[str, StabilityResult], path: str | Path
+) -> Path | None:
+    """The four-way split as one stacked bar per split of points, to ``path`` (PNG).
+
+    Bars read left to right: robust, correct-but-unstable, stable-but-wrong, neither (shares of
+    the points, in %); natural accuracy is the first two, perturbation stability the first and
+    third. The title gives the conditional robust accuracy (robust among the correct, Wen et al.
+    2020, App. D.2).
+
+    Returns:
+        ``path``, or ``None`` when matplotlib is not installed.
+    """
+    results = by_split(result)
+    drawn = new_figure(size=(6.0, 1.6 + 0.7 * len(results)))
+    if drawn is None:
+        return None
+    figure, (axis,) = drawn
+    names = list(results)
+    labels = [split_label(s, r.n) for s, r in results.items()]
+    left = [0.0] * len(names)
+    for group, colour in zip(SPLIT, CATEGORY_COLOURS, strict=False):
+        shares = [100 * r.counts()[group] / r.n if r.n else 0.0 for r in results.values()]
+        bars = axis.barh(labels, shares, left=left, color=colour, label=group.replace("_", "-"))
+        axis.bar_label(
+            bars, labels=[f"{s:.0f}%" if s >= 6 else "" for s in shares], label_type="center"
+        )
+        left = [a + b for a, b in zip(left, shares, strict=True)]
+    axis.set_xlim(0, 100)
+    axis.set_xlabel("share of points (%)")
+    axis.invert_yaxis()
+    axis.legend(ncols=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    conditional = ", ".join(
+        f"{s or 'all'} {100 * r.conditional_robust_accuracy:.1f}%" for s, r in results.items()
+    )
+    first = next(iter(results.values()))
+    figure.suptitle(
+        f"Stability under {first.attack}; robust among correct: {conditional}", fontsize=10
+    )
+    return save(figure, path)
+
+
+@DIAGNOSTICS.register(
+    "stability", data="points", attack=True, plot=plot_stability, plot_splits=True
+)
 def stability(
     model: nn.Module,
     x: torch.Tensor,

@@ -10,6 +10,14 @@ Which label an attack pushes away from is ``stability_labels``: each point's *pr
 the robust-accuracy attack itself) or its *true* label (the published variant, which does not try
 to move misclassified points). Either way a point is stable while f(x_adv) = f(x), and robust
 when it is correct and stable.
+
+The losses come from the logits these passes compute anyway (no extra forward pass, no extra
+attack): the natural loss CE(f(x), y) from the clean pass, and the adversarial loss
+CE(f(x_adv), y), always against the *true* label y, from the pass that reads each attack's
+prediction, on the adversarial example the state keeps for the point (see
+:attr:`CascadeState.x_adv`). With predicted-label attacks, a misclassified point's x_adv was
+pushed away from its (wrong) predicted label, not towards a higher loss on y; so the mean is the
+true-label CE at the evaluation's own adversarial examples, not a separate maximization of it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import Attack
@@ -66,6 +75,10 @@ class CascadeState:
         queries: forward passes spent by black-box attacks, per point.
         x_adv: adversarial examples (the first that changed the prediction; for stable points the
             last attack's output), kept only when asked for.
+        nat_loss: CE(f(x), y) per point, against the true label.
+        adv_loss: CE(f(x_adv), y) per point, at the example ``x_adv`` holds (whether kept or
+            not; CE(f(x), y) until the point is attacked), against the true label whatever
+            ``stability_labels``. ``None`` in a state saved by a robustlab without losses.
         per_attack: robust accuracy after each finished attack; ``per_attack_stability`` likewise.
         seconds: wall time per attack (accumulated across resumes).
         position: in the attack being run, how many of its points are done (for resuming mid-attack).
@@ -81,6 +94,8 @@ class CascadeState:
     fooled_by: torch.Tensor
     queries: torch.Tensor
     x_adv: torch.Tensor | None = None
+    nat_loss: torch.Tensor | None = None
+    adv_loss: torch.Tensor | None = None
     done: list[str] = field(default_factory=list)
     per_attack: dict[str, float] = field(default_factory=dict)
     per_attack_stability: dict[str, float] = field(default_factory=dict)
@@ -215,21 +230,22 @@ def _fresh_state(
     signature: dict[str, Any],
     keep_adv: bool,
 ) -> CascadeState:
-    """The clean pass: predictions and correctness, every point stable."""
+    """The clean pass: predictions, correctness and natural losses, every point stable."""
     start = time.perf_counter()
-    predictions = []
+    predictions, losses = [], []
     with torch.no_grad():
         for begin in range(0, len(labels), batch_size):
+            batch_labels = labels[begin : begin + batch_size]
             logits = model(_as_float(images[begin : begin + batch_size]))
-            validate_logits(
-                logits, min(batch_size, len(labels) - begin), labels[begin : begin + batch_size]
-            )
+            validate_logits(logits, len(batch_labels), batch_labels)
             predictions.append(logits.argmax(dim=1))
+            losses.append(_losses(logits, batch_labels))
     n = len(labels)
     device = labels.device
     prediction = (
         torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long, device=device)
     )
+    nat_loss = torch.cat(losses) if losses else torch.zeros(0, device=device)
     return CascadeState(
         attacks=list(attacks),
         signature=signature,
@@ -241,6 +257,8 @@ def _fresh_state(
         fooled_by=torch.full((n,), -1, dtype=torch.long, device=device),
         queries=torch.zeros(n, dtype=torch.long, device=device),
         x_adv=_as_float(images).clone() if keep_adv else None,
+        nat_loss=nat_loss,
+        adv_loss=nat_loss.clone(),  # x_adv = x until a point is attacked
         clean_seconds=time.perf_counter() - start,
     )
 
@@ -312,7 +330,10 @@ def run_cascade(
             x = _as_float(images[index_batch])
             x_adv = attack(attacked, x, targets[index_batch])
             with torch.no_grad():
-                adv_prediction = model(x_adv).argmax(dim=1)
+                adv_logits = model(x_adv)
+            adv_prediction = adv_logits.argmax(dim=1)
+            if state.adv_loss is not None:
+                state.adv_loss[index_batch] = _losses(adv_logits, labels[index_batch])
             changed = adv_prediction != state.prediction[index_batch]
             state.adv_prediction[index_batch] = adv_prediction
             state.perturbation_norm[index_batch] = attack.ball.norm(x_adv - x)
@@ -339,6 +360,12 @@ def run_cascade(
             state.save(state_path)
             last_save = time.perf_counter()
     return state
+
+
+def _losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE per point against the true labels, in float32 (a half-precision model's logits too)."""
+    with torch.no_grad():
+        return F.cross_entropy(logits.float(), labels, reduction="none")
 
 
 def _advance(progress: Callable[[int], None] | None, batches: int) -> None:

@@ -10,6 +10,14 @@ own prediction). For correctly classified points this is exactly the robust-accu
 ``robust = correct and stable`` holds point by point. Attacking the true label instead (the
 ``"true"`` option, for comparing with published numbers) does not try to move misclassified
 points, so it counts them as stable and inflates the metric.
+
+Losses, next to the accuracies: the natural loss is the mean CE(f(x), y), and the robust
+(adversarial) loss the mean CE(f(x_adv), y) against the *true* label y, where x_adv is the
+adversarial example the evaluation keeps per point (what ``keep_adv`` returns): the first that
+changed the prediction, else the last attack's output. Both come from logits the evaluation
+computes anyway. With predicted-label attacks a misclassified point's x_adv was pushed away from
+its wrong predicted label (not up the loss of y), so the robust loss is the loss at the
+evaluation's own adversarial examples, not a separate maximization of CE(·, y).
 """
 
 from __future__ import annotations
@@ -49,6 +57,10 @@ class RobustnessResult:
         per_attack_stability: perturbation stability after each attack.
         queries: forward passes spent per example by black-box attacks.
         x_adv: the adversarial examples, when kept.
+        nat_loss: CE(f(x), y) per example (true labels).
+        adv_loss: CE(f(x_adv), y) per example (true labels), at the adversarial example kept
+            for it (``x_adv``: the first that changed the prediction, else the last attack's
+            output), whatever ``stability_labels`` the attacks pushed away from.
         flags: sanity warnings (see :mod:`robustlab.evaluation.checks`).
     """
 
@@ -64,6 +76,8 @@ class RobustnessResult:
     queries: torch.Tensor | None = None
     x_adv: torch.Tensor | None = None
     adv_prediction: torch.Tensor | None = None
+    nat_loss: torch.Tensor | None = None
+    adv_loss: torch.Tensor | None = None
     flags: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -82,6 +96,16 @@ class RobustnessResult:
     def perturbation_stability(self) -> float:
         return _mean(self.stable)
 
+    @property
+    def natural_loss(self) -> float | None:
+        """Mean CE(f(x), y); ``None`` when not recorded (a cascade state from before losses)."""
+        return _mean_loss(self.nat_loss)
+
+    @property
+    def robust_loss(self) -> float | None:
+        """Mean CE(f(x_adv), y) at the kept adversarial examples (see :attr:`adv_loss`)."""
+        return _mean_loss(self.adv_loss)
+
     def __repr__(self) -> str:
         """The numbers, not the per-example tensors (the dataclass default printed every
         flag, norm and adversarial pixel: thousands of values)."""
@@ -92,6 +116,8 @@ class RobustnessResult:
             f"natural_accuracy={self.natural_accuracy:.4f}",
             f"robust_accuracy={self.robust_accuracy:.4f}",
             f"perturbation_stability={self.perturbation_stability:.4f}",
+            f"natural_loss={self.natural_loss:.4g}" if self.natural_loss is not None else "",
+            f"robust_loss={self.robust_loss:.4g}" if self.robust_loss is not None else "",
             f"per_attack={{{', '.join(f'{k!r}: {v:.4f}' for k, v in self.per_attack.items())}}}"
             if len(self.per_attack) > 1
             else "",
@@ -104,7 +130,8 @@ class RobustnessResult:
         return f"{type(self).__name__}({', '.join(part for part in parts if part)})"
 
     def summary(self) -> dict[str, Any]:
-        """The JSON-ready numbers (accuracies as fractions in [0, 1])."""
+        """The JSON-ready numbers (accuracies as fractions in [0, 1]; losses as mean CE in nats,
+        ``None`` when not recorded)."""
         # float64: a float32 mean of n equal norms can round above their max (0.1 repeated
         # exceeds 0.1 after summation); in float64 a mean of float32 values never does.
         norms = self.perturbation_norm.double()
@@ -112,6 +139,8 @@ class RobustnessResult:
             "natural_accuracy": self.natural_accuracy,
             "robust_accuracy": self.robust_accuracy,
             "perturbation_stability": self.perturbation_stability,
+            "natural_loss": self.natural_loss,
+            "robust_loss": self.robust_loss,
             "n": self.n,
             "mean_perturbation_norm": float(norms.mean()) if norms.numel() else 0.0,
             "max_perturbation_norm": float(norms.max()) if norms.numel() else 0.0,
@@ -134,6 +163,13 @@ class RobustnessResult:
 
 def _mean(flags: torch.Tensor) -> float:
     return float(flags.float().mean()) if flags.numel() else float("nan")
+
+
+def _mean_loss(losses: torch.Tensor | None) -> float | None:
+    """The mean in float64 (a float32 sum over 10,000 losses loses digits); ``None`` if absent."""
+    if losses is None:
+        return None
+    return float(losses.double().mean()) if losses.numel() else float("nan")
 
 
 @torch.no_grad()
@@ -174,7 +210,8 @@ def evaluate_robustness(
     state_path: str | Path | None = None,
     seed: int | None = None,
 ) -> RobustnessResult:
-    """Attack every point and report natural accuracy, robust accuracy and stability.
+    """Attack every point and report natural accuracy, robust accuracy, stability and the mean
+    natural and adversarial CE (see the module docstring for which examples the latter is at).
 
     Several attacks (a list, a name -> attack mapping, or an ensemble such as AutoAttack) run
     as a worst-case cascade: each only on the points still stable (see :mod:`.cascade`).
@@ -229,4 +266,6 @@ def evaluate_robustness(
         queries=state.queries.cpu(),
         x_adv=None if state.x_adv is None else state.x_adv.cpu(),
         adv_prediction=state.adv_prediction.cpu(),
+        nat_loss=None if state.nat_loss is None else state.nat_loss.cpu(),
+        adv_loss=None if state.adv_loss is None else state.adv_loss.cpu(),
     )

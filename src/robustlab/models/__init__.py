@@ -13,8 +13,25 @@ from typing import Any
 from torch import nn
 
 from .._options import check_options
-from . import densenet, lenet, mlp, preact_resnet, resnet_cifar, vgg, wide_resnet  # noqa: F401
-from ._base import MODELS, FamilySpec, Normalize, NormalizedModel, family_spec, validate_shape_args
+from . import (  # noqa: F401  (registration)
+    densenet,
+    lenet,
+    mlp,
+    preact_resnet,
+    resnet_cifar,
+    vgg,
+    wide_resnet,
+    wide_resnet_bottleneck,
+)
+from ._base import (
+    MODELS,
+    FamilySpec,
+    Normalize,
+    NormalizedModel,
+    family_spec,
+    normalize_width,
+    validate_shape_args,
+)
 from .ensemble import SnapshotEnsemble
 
 _FIXED_ARGS = ("num_classes", "in_channels", "image_size", "width", "depth")
@@ -29,6 +46,7 @@ __all__ = [
     "create_model",
     "family_spec",
     "list_models",
+    "normalize_width",
 ]
 
 
@@ -42,7 +60,7 @@ def create_model(
     num_classes: int,
     in_channels: int,
     image_size: int,
-    width: int | None = None,
+    width: int | float | None = None,
     depth: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -55,7 +73,9 @@ def create_model(
         num_classes: number of output logits.
         in_channels: image channels (1 for grey, 3 for colour).
         image_size: image height and width in pixels.
-        width: the family's width knob (``None``: its standard value; see ``family_spec(name)``).
+        width: the family's width knob (``None``: its standard value; see ``family_spec(name)``);
+            a fraction (WRN-34-0.5) where the family scales channels by a factor
+            (``family_spec(name).fractional_width``).
         depth: the family's depth (``None``: its standard value).
         mean, std: per-channel statistics for the normalization layer (default: identity).
         **options: family-specific options (e.g. ``batchnorm=False`` for ``resnet_cifar``).
@@ -66,7 +86,7 @@ def create_model(
     """
     factory = MODELS.get(name)
     spec = family_spec(name)
-    width = spec.default_width if width is None else width
+    width = spec.default_width if width is None else normalize_width(width)
     depth = spec.default_depth if depth is None else depth
     validate_shape_args(name, spec, width, depth)
     check_options(f"{name}", factory, options, key_prefix="model.options", fixed=_FIXED_ARGS)

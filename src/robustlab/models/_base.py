@@ -23,12 +23,17 @@ class FamilySpec:
         default_depth: the standard depth (None for families with a fixed depth).
         depths: the depths the family supports (None: any positive depth allowed by ``depth_rule``).
         width_meaning: what ``model.width`` controls, for docs and error messages.
+        fractional_width: the width is a multiplier of channel counts, so a fraction such as
+            WRN-34-0.5 (Wu et al. 2021, section 5.4) is meaningful; each count is then rounded
+            down (``int(c * width)``), as the reference code does where it scales by a factor.
+            Families whose width is itself a count (MLP units, growth rate) take integers only.
     """
 
     default_width: int
     default_depth: int | None
     depths: tuple[int, ...] | None
     width_meaning: str
+    fractional_width: bool = False
 
 
 def register_model(
@@ -38,10 +43,15 @@ def register_model(
     default_depth: int | None = None,
     depths: Sequence[int] | None = None,
     width_meaning: str,
+    fractional_width: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a family factory ``f(num_classes, in_channels, image_size, width, depth, **options)``."""
     spec = FamilySpec(
-        default_width, default_depth, tuple(depths) if depths else None, width_meaning
+        default_width,
+        default_depth,
+        tuple(depths) if depths else None,
+        width_meaning,
+        fractional_width,
     )
     return MODELS.register(name, spec=spec)
 
@@ -80,10 +90,43 @@ class NormalizedModel(nn.Module):
         return self.net(self.normalize(x))
 
 
-def validate_shape_args(name: str, spec: FamilySpec, width: int, depth: int | None) -> None:
+def normalize_width(width: int | float) -> int | float:
+    """A whole-number float width (``10.0`` from a TOML file or a sweep axis) as the int it is,
+    so that run names, the store and the saved config show ``10``, not ``10.0``."""
+    if isinstance(width, float) and width.is_integer():
+        return int(width)
+    return width
+
+
+def scaled_channels(base: int, width: float, key: str = "model.width") -> int:
+    """``int(base * width)``: a channel count scaled by a (possibly fractional) width factor,
+    rounded down as Liu et al.'s VGG/ResNet code does (``int(layer_label * width)``) and as a
+    fractional widen factor must be for the TRADES WideResNet code to build at all.
+
+    Raises:
+        ConfigError: the width is so small that a layer would have no channel.
+    """
+    channels = int(base * width)
+    if channels < 1:
+        raise ConfigError(
+            key, width, f"too small: a layer of {base} x width channels would have {channels}"
+        )
+    return channels
+
+
+def validate_shape_args(name: str, spec: FamilySpec, width: int | float, depth: int | None) -> None:
     """Raise :class:`ConfigError` for a width or depth the family cannot build."""
-    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-        raise ConfigError("model.width", width, f"a positive integer ({spec.width_meaning})")
+    number = isinstance(width, int | float) and not isinstance(width, bool)
+    if not number or width <= 0:
+        kind = "a positive number" if spec.fractional_width else "a positive integer"
+        raise ConfigError("model.width", width, f"{kind} ({spec.width_meaning})")
+    if isinstance(width, float) and not width.is_integer() and not spec.fractional_width:
+        raise ConfigError(
+            "model.width",
+            width,
+            f"{name} needs a positive integer ({spec.width_meaning}); fractional widths are "
+            f"for families that scale channels by a factor: {', '.join(_fractional_families())}",
+        )
     if spec.depths is None and spec.default_depth is None:
         if depth is not None:
             raise ConfigError(
@@ -95,3 +138,7 @@ def validate_shape_args(name: str, spec: FamilySpec, width: int, depth: int | No
         raise ConfigError("model.depth", depth, f"{name} supports depth {allowed}")
     if isinstance(depth, bool) or not isinstance(depth, int) or depth <= 0:
         raise ConfigError("model.depth", depth, "a positive integer")
+
+
+def _fractional_families() -> list[str]:
+    return [n for n in MODELS.names() if MODELS.meta(n)["spec"].fractional_width]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ._base import register_model
+from ._base import register_model, scaled_channels
 
 # Convs per stage for each depth (Simonyan & Zisserman, Table 1, configurations A, B, D, E);
 # stage i has (4w, 8w, 16w, 32w, 32w)[i] channels and ends in a 2x2 max-pool.
@@ -20,7 +20,7 @@ class VGG(nn.Module):
     def __init__(
         self,
         depth: int,
-        width: int,
+        width: int | float,
         num_classes: int,
         in_channels: int,
         image_size: int,
@@ -30,12 +30,14 @@ class VGG(nn.Module):
         layers: list[nn.Module] = []
         planes, side = in_channels, image_size
         for convs, factor in zip(_STAGE_CONVS[depth], _STAGE_WIDTHS, strict=True):
+            # int(factor * width), as Liu et al.'s CIFAR10_VGG (a fractional w is rounded down).
+            channels = scaled_channels(factor, width)
             for _ in range(convs):
-                layers.append(nn.Conv2d(planes, factor * width, 3, padding=1))
+                layers.append(nn.Conv2d(planes, channels, 3, padding=1))
                 if batchnorm:
-                    layers.append(nn.BatchNorm2d(factor * width))
+                    layers.append(nn.BatchNorm2d(channels))
                 layers.append(nn.ReLU(inplace=True))
-                planes = factor * width
+                planes = channels
             # Images smaller than 32x32 reach 1x1 before the last stage; pooling further is
             # impossible, so the remaining stages keep the 1x1 map.
             if side >= 2:
@@ -55,13 +57,14 @@ class VGG(nn.Module):
     default_depth=16,
     depths=tuple(_STAGE_CONVS),
     width_meaning="width factor w (stages 4w, 8w, 16w, 32w, 32w; 16 is standard VGG)",
+    fractional_width=True,
 )
 def build(
     num_classes: int,
     in_channels: int,
     image_size: int,
     *,
-    width: int,
+    width: int | float,
     depth: int | None,
     batchnorm: bool = True,
 ) -> nn.Module:
@@ -76,7 +79,8 @@ def build(
         num_classes: number of output logits.
         in_channels: image channels.
         image_size: image height and width (any size >= 8; pools stop at 1x1).
-        width: width factor ``w`` (default 16, i.e. 64-128-256-512-512 channels).
+        width: width factor ``w`` (default 16, i.e. 64-128-256-512-512 channels); a fraction
+            is allowed, each count rounded down (``int(4 * w)``, as Liu et al.'s code).
         depth: 11, 13, 16 (default) or 19.
         batchnorm: batch normalization after each conv (default ``True``).
     """

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ._base import register_model
+from ._base import register_model, scaled_channels
 
 
 class WideBasicBlock(nn.Module):
@@ -41,11 +41,13 @@ class WideResNet(nn.Module):
     """Stem conv (16 channels), three groups of ``n`` wide blocks (16k, 32k, 64k), BN-ReLU, pool, FC."""
 
     def __init__(
-        self, depth: int, widen: int, num_classes: int, in_channels: int, dropout: float
+        self, depth: int, widen: int | float, num_classes: int, in_channels: int, dropout: float
     ) -> None:
         super().__init__()
         n = (depth - 4) // 6
-        channels = [16, 16 * widen, 32 * widen, 64 * widen]
+        # The TRADES code's [16, 16k, 32k, 64k]; a fractional k (Wu et al.'s WRN-34-0.5) is
+        # rounded down per group, as nn.Conv2d needs integers: k = 0.5 gives [16, 8, 16, 32].
+        channels = [16, *(scaled_channels(c, widen) for c in (16, 32, 64))]
         self.conv1 = nn.Conv2d(in_channels, channels[0], 3, stride=1, padding=1, bias=False)
         groups: list[nn.Module] = []
         for i in range(3):
@@ -87,13 +89,14 @@ class WideResNet(nn.Module):
     default_depth=34,
     depths=(16, 28, 34, 40),
     width_meaning="widen factor k (groups of 16k, 32k, 64k channels)",
+    fractional_width=True,
 )
 def build(
     num_classes: int,
     in_channels: int,
     image_size: int,
     *,
-    width: int,
+    width: int | float,
     depth: int | None,
     dropout: float = 0.0,
 ) -> nn.Module:
@@ -108,7 +111,10 @@ def build(
         num_classes: number of output logits.
         in_channels: image channels.
         image_size: image height and width (any size >= 8; pooling is adaptive).
-        width: widen factor ``k`` (default 10); the groups have 16k, 32k, 64k channels.
+        width: widen factor ``k`` (default 10); the groups have 16k, 32k, 64k channels. A
+            fraction is allowed and each count rounded down: Wu et al. (2021, section 5.4)
+            calibrate WAR on WRN-34-0.5, whose groups have 8, 16 and 32 channels (the stem
+            keeps 16, as in the reference code).
         depth: 16, 28, 34 (default) or 40.
         dropout: dropout probability between the two convs of each block (default 0, as in
             adversarial training; the WRN paper used 0.3 for standard training).

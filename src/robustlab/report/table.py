@@ -7,11 +7,14 @@ from typing import Any
 
 
 def format_value(value: Any, kind: str = "auto") -> str:
-    """Render one cell: fractions as percentages (``kind="pct"``), floats compactly, None as '-'."""
+    """Render one cell: fractions as percentages (``kind="pct"``), durations with two decimals
+    (``kind="seconds"``), floats compactly, None as '-'."""
     if value is None:
         return "-"
     if kind == "pct":
         return f"{100 * float(value):.1f}%"
+    if kind == "seconds":
+        return f"{float(value):.2f}"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):

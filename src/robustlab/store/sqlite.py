@@ -7,9 +7,17 @@ row instead of adding a second one. Evaluations are keyed by what they measured 
 weights, attack settings, threat model, split and seed): measuring the same thing again (a
 finished run resumed, ``eval`` run twice) replaces the row, so one measurement is listed once.
 
+Diagnostics (``robustlab diagnose``: margins, spectra, gaps, ...) have their own table, one row per
+measurement and split of points, with the measurement's JSON summary; they are keyed by what
+they measured in the same way.
+
 Schema history: 1, the first; 2 adds ``runs.pid``/``runs.host`` (which process trains the run,
-so a run whose process is gone shows as interrupted) and ``evaluations.measure``. A version-1
-store is upgraded in place when opened.
+so a run whose process is gone shows as interrupted) and ``evaluations.measure``; 3 adds the
+``diagnostics`` table; 4 adds the ``sweeps`` table and ``runs.sweep`` / ``runs.sweep_run`` /
+``runs.sweep_values`` (the sweep a run belongs to, its name there and its axis values); 5 adds
+the ``iterations`` table (``train.track_every``'s per-iteration records, keyed by
+``(run_id, iteration)`` like epochs). An older store is upgraded in place when opened (new tables are created,
+new columns added; nothing is rewritten).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import Any
 
 from ..errors import RunError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
 DEFAULT_STORE = Path("runs") / "robustlab.db"
 
 _SCHEMA = """
@@ -51,13 +59,22 @@ CREATE TABLE IF NOT EXISTS runs (
     config      TEXT NOT NULL,
     summary     TEXT NOT NULL DEFAULT '{}',
     pid         INTEGER,
-    host        TEXT
+    host        TEXT,
+    sweep       TEXT,
+    sweep_run   TEXT,
+    sweep_values TEXT
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id   TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     epoch    INTEGER NOT NULL,
     metrics  TEXT NOT NULL,
     PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS iterations (
+    run_id     TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    iteration  INTEGER NOT NULL,
+    record     TEXT NOT NULL,
+    PRIMARY KEY (run_id, iteration)
 );
 CREATE TABLE IF NOT EXISTS evaluations (
     eval_id                 INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -75,11 +92,39 @@ CREATE TABLE IF NOT EXISTS evaluations (
     details                 TEXT NOT NULL DEFAULT '{}',
     measure                 TEXT
 );
+CREATE TABLE IF NOT EXISTS diagnostics (
+    diag_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id      TEXT REFERENCES runs(run_id) ON DELETE CASCADE,
+    created_at  TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    split       TEXT,
+    n           INTEGER,
+    settings    TEXT NOT NULL DEFAULT '{}',
+    summary     TEXT NOT NULL,
+    plot        TEXT,
+    seconds     REAL NOT NULL,
+    measure     TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sweeps (
+    name        TEXT PRIMARY KEY,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    source      TEXT NOT NULL DEFAULT '',
+    spec        TEXT NOT NULL,
+    runs        TEXT NOT NULL DEFAULT '[]'
+);
 """
 
 # Columns added after schema 1, added to an older store when it is opened.
 _ADDED_COLUMNS = {
-    "runs": {"pid": "INTEGER", "host": "TEXT"},
+    "runs": {
+        "pid": "INTEGER",
+        "host": "TEXT",
+        "sweep": "TEXT",
+        "sweep_run": "TEXT",
+        "sweep_values": "TEXT",
+    },
     "evaluations": {"measure": "TEXT"},
 }
 
@@ -112,6 +157,9 @@ class RunRecord:
     summary: dict[str, Any]
     pid: int | None = None
     host: str | None = None
+    sweep: str | None = None
+    sweep_run: str | None = None
+    sweep_values: dict[str, Any] | None = None
 
 
 class ResultsStore:
@@ -208,6 +256,48 @@ class ResultsStore:
                 ),
             )
 
+    def set_sweep(
+        self, run_id: str, sweep: str | None, name: str | None, values: Mapping[str, Any] | None
+    ) -> None:
+        """Record the sweep ``run_id`` belongs to, its name there and its axis values."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET sweep=?, sweep_run=?, sweep_values=? WHERE run_id=?",
+                (sweep, name, None if values is None else json.dumps(values), run_id),
+            )
+
+    def sweep_runs(self, sweep: str) -> list[RunRecord]:
+        """The runs recorded as part of ``sweep``, by name."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM runs WHERE sweep=? ORDER BY sweep_run, run_id", (sweep,)
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    # -- sweeps -----------------------------------------------------------------------------
+
+    def upsert_sweep(
+        self, name: str, spec: Mapping[str, Any], runs: list[str], source: str = ""
+    ) -> None:
+        """Record a sweep: its spec (as run last) and the names of its runs, in order."""
+        now = _now()
+        with self._connect() as db:
+            db.execute(
+                """INSERT INTO sweeps (name, created_at, updated_at, source, spec, runs)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(name) DO UPDATE SET updated_at=excluded.updated_at,
+                       source=excluded.source, spec=excluded.spec, runs=excluded.runs""",
+                (name, now, now, source, json.dumps(spec), json.dumps(runs)),
+            )
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        """Every recorded sweep (``spec`` and ``runs`` decoded)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM sweeps ORDER BY created_at, name").fetchall()
+        return [
+            {**dict(r), "spec": json.loads(r["spec"]), "runs": json.loads(r["runs"])} for r in rows
+        ]
+
     def has_run(self, run_id: str) -> bool:
         with self._connect() as db:
             return db.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone() is not None
@@ -274,6 +364,32 @@ class ResultsStore:
             ).fetchall()
         return [json.loads(row["metrics"]) for row in rows]
 
+    # -- iterations (train.track_every) -----------------------------------------------------
+
+    def record_iterations(self, run_id: str, records: list[Mapping[str, Any]]) -> None:
+        """Add one epoch's per-iteration records (one transaction; a replayed one replaces)."""
+        with self._connect() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO iterations (run_id, iteration, record) VALUES (?, ?, ?)",
+                [(run_id, r["iteration"], json.dumps(r)) for r in records],
+            )
+
+    def replace_iterations(self, run_id: str, records: list[Mapping[str, Any]]) -> None:
+        """Make the run's records exactly ``records`` (on resume, from ``iterations.jsonl``)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM iterations WHERE run_id=?", (run_id,))
+            db.executemany(
+                "INSERT INTO iterations (run_id, iteration, record) VALUES (?, ?, ?)",
+                [(run_id, r["iteration"], json.dumps(r)) for r in records],
+            )
+
+    def iterations(self, run_id: str) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT record FROM iterations WHERE run_id=? ORDER BY iteration", (run_id,)
+            ).fetchall()
+        return [json.loads(row["record"]) for row in rows]
+
     # -- evaluations ------------------------------------------------------------------------
 
     def add_evaluation(
@@ -319,6 +435,83 @@ class ResultsStore:
                 ),
             )
             return int(cursor.lastrowid)
+
+    # -- diagnostics ------------------------------------------------------------------------
+
+    def add_diagnostic(
+        self,
+        run_id: str | None,
+        source: str,
+        name: str,
+        split: str | None,
+        summary: Mapping[str, Any],
+        *,
+        n: int | None = None,
+        settings: Mapping[str, Any] | None = None,
+        plot: str | Path | None = None,
+        seconds: float = 0.0,
+    ) -> int:
+        """Store one diagnostic measurement (``name`` on ``split``; ``None`` for one that needs
+        no points, such as ``spectra``) with its JSON ``summary``; returns its id.
+
+        ``settings`` say how it was measured (the options, the attack's settings, the data, the
+        seed): with ``source``, ``name``, ``split`` and ``n`` they key the row, and an earlier row
+        of the run with the same key is replaced (measuring the same thing again).
+        """
+        settings = dict(settings or {})
+        measure = json.dumps(
+            {"source": source, "name": name, "split": split, "n": n, "settings": settings},
+            sort_keys=True,
+            default=str,
+        )
+        with self._connect() as db:
+            db.execute(
+                "DELETE FROM diagnostics WHERE run_id IS ? AND measure = ?", (run_id, measure)
+            )
+            cursor = db.execute(
+                """INSERT INTO diagnostics (run_id, created_at, source, name, split, n, settings,
+                       summary, plot, seconds, measure)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    run_id,
+                    _now(),
+                    source,
+                    name,
+                    split,
+                    n,
+                    json.dumps(settings, default=str),
+                    json.dumps(summary),
+                    None if plot is None else str(plot),
+                    float(seconds),
+                    measure,
+                ),
+            )
+            return int(cursor.lastrowid)
+
+    def diagnostics(
+        self, run_id: str | None = None, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored diagnostics, oldest first, with ``settings`` and ``summary`` decoded; of one
+        run and/or one measurement when given (``run_id=None``: every run's and external ones)."""
+        query, params = "SELECT * FROM diagnostics", []
+        conditions = []
+        if run_id is not None:
+            conditions.append("run_id = ?")
+            params.append(run_id)
+        if name is not None:
+            conditions.append("name = ?")
+            params.append(name)
+        if conditions:
+            query += " WHERE " + " AND ".join(conditions)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY diag_id", params).fetchall()
+        out = []
+        for row in rows:
+            record = dict(row)
+            record["settings"] = json.loads(record["settings"])
+            record["summary"] = json.loads(record["summary"])
+            out.append(record)
+        return out
 
     def evaluations(self, run_id: str | None = None) -> list[dict[str, Any]]:
         with self._connect() as db:
@@ -404,7 +597,10 @@ def _tables(path: Path) -> set[str]:
 
 
 def _upgrade(db: sqlite3.Connection) -> None:
-    """Add the columns of later schema versions to an older store, then record the version."""
+    """Add the columns of later schema versions to an older store, then record the version.
+
+    Tables of later versions (``diagnostics``, schema 3) were already created by the schema
+    script's ``CREATE TABLE IF NOT EXISTS``."""
     for table, columns in _ADDED_COLUMNS.items():
         present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         for name, kind in columns.items():
@@ -422,4 +618,6 @@ def _record(row: sqlite3.Row) -> RunRecord:
     data = dict(row)
     data["config"] = json.loads(data["config"])
     data["summary"] = json.loads(data["summary"])
+    if data.get("sweep_values") is not None:
+        data["sweep_values"] = json.loads(data["sweep_values"])
     return RunRecord(**data)

@@ -12,11 +12,14 @@ from torch import nn
 
 from ..attacks import Attack
 from ..data import DeviceLoader, ImageDataset
+from ..data.loader import ShardedLoader
 from ..evaluation import evaluate_robustness
 from ..progress import Progress
+from .distributed import all_reduce_sum
 from .eps_schedules import EpsSchedule
 from .methods import TrainingMethod, scaled_attack_gradients
 from .schedules import Schedule, ScheduleClock
+from .tracking import IterationTracker
 
 
 @dataclass
@@ -88,9 +91,14 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     device: torch.device,
+    loss_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """One training step of any method: its loss (under autocast if asked), the backward pass,
     the optimizer step (through the gradient scaler for fp16), then the method's after-step hook.
+
+    ``loss_weight`` multiplies the loss that is backpropagated (not the one reported): under DDP
+    a shard's K·n_r/N (:class:`~robustlab.data.loader.ShardedLoader`), so that DDP's average of
+    the ranks' gradients is the gradient of the global batch's mean loss.
 
     With fp16 the training attack's loss is scaled too (:meth:`StepControls.attack_gradient_scale`),
     so that its input gradients do not underflow to 0 in half precision."""
@@ -100,12 +108,13 @@ def train_step(
     with controls.autocast(device), scaled_attack_gradients(scale):
         out = method(model, x, y)
     optimizer.zero_grad(set_to_none=True)
+    loss = out["loss"] if loss_weight == 1.0 else out["loss"] * loss_weight
     if controls.scaler is not None:
-        controls.scaler.scale(out["loss"]).backward()
+        controls.scaler.scale(loss).backward()
         controls.scaler.step(optimizer)
         controls.scaler.update()
     else:
-        out["loss"].backward()
+        loss.backward()
         optimizer.step()
     method.after_step(model)
     return out
@@ -119,6 +128,7 @@ def train_one_epoch(
     controls: StepControls,
     epoch: int,
     progress: Progress | None = None,
+    tracker: IterationTracker | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for one epoch (``epoch`` counts from 0) and return the batch-averaged parts.
 
@@ -133,25 +143,39 @@ def train_one_epoch(
         risk to its robust regularization (WAR's ζ; ``None`` unless the regularization is > 0),
         and the 10%, 50% and 90% quantiles of the per-batch ratios (``nat_rob_ratio_p10``,
         ``_median``, ``_p90``); ``lam`` (the last λ) and ``lam_trace`` (λ sampled along the
-        epoch); ``lr`` and ``eps`` of the last iteration.
+        epoch); ``lr`` and ``eps`` of the last iteration. Under DDP (a
+        :class:`~robustlab.data.loader.ShardedLoader`) the sums are all-reduced at the epoch's
+        end: every rank reports the global batches' numbers, those of one process. A ``tracker``
+        (``train.track_every``) queues its per-iteration records on the device.
     """
     model.train()
     iterations = len(loader)
     sums: dict[str, torch.Tensor] = {}
     ratios: list[torch.Tensor] = []
+    sharded = isinstance(loader, ShardedLoader)
     seen = 0
     lr = eps = 0.0
     device = next(iter(model.parameters())).device
     for i, (x, y) in enumerate(loader.epoch(epoch)):
         lr, eps = controls.apply(epoch + i / iterations, optimizer)
-        out = train_step(model, method, optimizer, controls, x, y, device)
+        weight = loader.shard_weight if sharded else 1.0
+        step = epoch * iterations + i  # the iteration's index in the run
+        with tracker.watching(model, step) if tracker is not None else nullcontext():
+            out = train_step(model, method, optimizer, controls, x, y, device, weight)
+        if tracker is not None:
+            tracker.record(step, epoch, out, y, lr, eps)
         batch = len(y)
         seen += batch
         for name, value in out.items():
             if name == "lam":
                 continue
             if name == "nat_rob_ratio":
-                ratios.append(value.detach().float().reshape(()))
+                # Sharded: the shard's terms (summed over the ranks at the end), not its ratio.
+                ratios.append(
+                    torch.stack([out["nat_risk"], out["rob_reg"]]).detach().float() * batch
+                    if sharded
+                    else value.detach().float().reshape(())
+                )
                 continue
             part = value.detach().float() * batch
             sums[name] = sums[name] + part if name in sums else part
@@ -160,6 +184,8 @@ def train_one_epoch(
                 progress.update(1, loss=float(sums["loss"]) / seen)
             else:
                 progress.update(1)
+    if sharded:
+        seen, sums, ratios = _all_reduced(seen, sums, ratios)
     metrics: dict[str, Any] = {}
     for name, total in sums.items():
         key = "train_loss" if name == "loss" else name if name in OWN_NAMES else f"train_{name}"
@@ -170,6 +196,23 @@ def train_one_epoch(
         {"lr": lr, "eps": eps, "lam": method.lam, "lam_trace": method.lam_schedule.take_trace()}
     )
     return metrics
+
+
+def _all_reduced(
+    seen: int, sums: dict[str, torch.Tensor], terms: list[torch.Tensor]
+) -> tuple[int, dict[str, torch.Tensor], list[torch.Tensor]]:
+    """The epoch's example count and sums over every rank, and the per-batch ratios of the
+    global batches (from each batch's summed ``[l_nat·n, l_rob·n]``): one collective."""
+    names = sorted(sums)  # the same on every rank: the same method reports the same parts
+    device = sums[names[0]].device if names else torch.device("cpu")
+    flat = [torch.tensor([float(seen)], device=device)]
+    flat += [sums[name].reshape(1).float() for name in names]
+    flat += [t.reshape(2) for t in terms]
+    total = all_reduce_sum(torch.cat(flat))
+    reduced = {name: total[1 + i] for i, name in enumerate(names)}
+    pairs = total[1 + len(names) :].reshape(-1, 2)
+    ratios = list((pairs[:, 0] / pairs[:, 1].clamp_min(1e-12)).unbind()) if terms else []
+    return round(float(total[0])), reduced, ratios
 
 
 def _ratio_metrics(
@@ -203,9 +246,12 @@ def evaluate_split(
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """``<prefix>_nat_acc``, ``<prefix>_rob_acc`` and ``<prefix>_stability`` on (up to ``limit``) points.
+    """``<prefix>_nat_acc``, ``<prefix>_rob_acc``, ``<prefix>_stability``, ``<prefix>_nat_loss``
+    and ``<prefix>_rob_loss`` on (up to ``limit``) points.
 
-    The first ``limit`` points are used, so every epoch is measured on the same points.
+    The first ``limit`` points are used, so every epoch is measured on the same points. The
+    losses are mean CE against the true labels, natural and at the adversarial examples the
+    evaluation keeps (:mod:`robustlab.evaluation.robustness`): no extra attack.
     """
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -222,7 +268,18 @@ def evaluate_split(
         f"{prefix}_nat_acc": result.natural_accuracy,
         f"{prefix}_rob_acc": result.robust_accuracy,
         f"{prefix}_stability": result.perturbation_stability,
+        f"{prefix}_nat_loss": result.natural_loss,
+        f"{prefix}_rob_loss": result.robust_loss,
     }
+
+
+# What :func:`evaluate_split` reports per split, as ``<prefix>_<name>``.
+SPLIT_METRICS = ("nat_acc", "rob_acc", "stability", "nat_loss", "rob_loss")
+
+
+def split_metric_names(prefix: str) -> list[str]:
+    """The per-epoch keys of one split (``train``, ``val``, ``test``)."""
+    return [f"{prefix}_{name}" for name in SPLIT_METRICS]
 
 
 def evaluation_batches(
@@ -251,12 +308,13 @@ def evaluate_epoch(
     n_test: int | None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Natural and robust accuracy and stability on train (a fixed subset), validation and test.
+    """Natural and robust accuracy, stability and natural and robust loss on train (a fixed
+    subset), validation and test (:func:`evaluate_split`; a split not measured has ``None``).
 
-    Training-set accuracies are measured here, in eval mode under the evaluation attack, rather
+    Training-set numbers are measured here, in eval mode under the evaluation attack, rather
     than averaged over the epoch's training batches: they then compare directly with the test
-    numbers (the generalization gap of Wen et al. 2020) and cost no extra work inside the
-    training step.
+    numbers (the generalization gaps of Wen et al. 2020, App. D.2, Tables 3–5, loss and error)
+    and cost no extra work inside the training step.
     """
     kwargs = {"batch_size": batch_size, "stability_labels": stability_labels, "progress": progress}
     metrics: dict[str, Any] = {}
@@ -267,11 +325,11 @@ def evaluate_epoch(
             )
         )
     else:
-        metrics.update({"train_nat_acc": None, "train_rob_acc": None, "train_stability": None})
+        metrics.update(dict.fromkeys(split_metric_names("train")))
     if data.val_y is not None:
         metrics.update(evaluate_split(model, data.val_x, data.val_y, attack, "val", **kwargs))
     else:
-        metrics.update({"val_nat_acc": None, "val_rob_acc": None, "val_stability": None})
+        metrics.update(dict.fromkeys(split_metric_names("val")))
     metrics.update(
         evaluate_split(model, data.test_x, data.test_y, attack, "test", limit=n_test, **kwargs)
     )

@@ -22,6 +22,8 @@ from .._options import accepted_options, check_options
 from ..attacks import ATTACKS, Attack, create_attack
 from ..config import DEVICES, RunConfig
 from ..data import DeviceLoader, ImageDataset, create_dataset
+from ..data.extra import MixedLoader, load_extra
+from ..data.loader import ShardedLoader
 from ..errors import CheckpointError, ConfigError
 from ..evaluation import evaluate_robustness
 from ..evaluation.lipschitz import local_lipschitz
@@ -30,6 +32,7 @@ from ..progress import Progress
 from ..report.labels import attack_settings, evaluation_label
 from ..rundir import RunDirectory
 from ..store import ResultsStore
+from . import distributed
 from .checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -43,9 +46,30 @@ from .loop import StepControls, evaluate_epoch, evaluation_batches, train_one_ep
 from .methods import METHODS, EpochContext, TrainingMethod
 from .optim import OPTIMIZERS
 from .schedules import ScheduleClock, create_schedule
+from .spectral_clip import check_clippable, clip_spectral_norms
+from .tracking import IterationTracker
 from .validation import check_budgets
 
-SELECTION_METRIC = "val_rob_acc"
+# ``eval.select``: the per-epoch metrics that can pick the best checkpoint, and whether larger
+# is better. Validation robust accuracy is the default (Rice et al.'s early stopping); Xing,
+# Song & Cheng 2022 (section 5.1) keep the epoch of smallest adversarial test loss.
+SELECTION_RULES: dict[str, bool] = {
+    "val_rob_acc": True,
+    "val_rob_loss": False,
+    "test_nat_loss": False,
+    "test_rob_loss": False,
+}
+SELECTION_METRIC = "val_rob_acc"  # the default of eval.select
+
+
+def improves(metric: str, value: float | None, best: dict[str, Any] | None) -> bool:
+    """Whether an epoch whose ``metric`` is ``value`` beats the best epoch so far (strictly: the
+    earliest of equal epochs is kept); an epoch that did not measure it never does."""
+    if value is None:
+        return False
+    if best is None or best.get(metric) is None:
+        return True
+    return value > best[metric] if SELECTION_RULES[metric] else value < best[metric]
 
 
 def resolve_device(name: str, key: str = "device") -> torch.device:
@@ -78,24 +102,56 @@ class Experiment:
     eval_attack: Attack
     optimizer: torch.optim.Optimizer
     controls: StepControls
-    loader: DeviceLoader
+    loader: DeviceLoader | MixedLoader
     train_model: nn.Module
     fixed_x: torch.Tensor
     fixed_y: torch.Tensor
     # The global RNGs as :func:`prepare` left them; :func:`fit` starts from here, so a run draws
     # the same numbers whatever ran in the process before it (the demo's second run).
     rng_state: dict[str, Any] | None = None
+    # This process's place in a torchrun (DDP) run; None for a single process.
+    dist: distributed.DistributedContext | None = None
+    # Per-iteration records (train.track_every), or None.
+    tracker: IterationTracker | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes and evaluates (rank 0, or the only process)."""
+        return self.dist is None or self.dist.is_main
 
 
 def load_data(config: RunConfig, device: torch.device) -> ImageDataset:
-    """The configured dataset with its validation split, on ``device``."""
+    """The configured dataset with its validation split (and ``data.train_size``'s subset of
+    what remains for training), on ``device``."""
     data = create_dataset(
         config.data.name, config.data.root, download=config.data.download, **config.data.options
     )
     if config.data.augment != "auto":
         data = dataclasses.replace(data, augment=config.data.augment)
     data = data.split_validation(config.data.val_size, seed=config.seed)
+    if config.data.train_size is not None:  # ε* against n (Xing et al. Table 3)
+        data = data.subsample_train(config.data.train_size, seed=config.seed)
+    if config.data.extra:  # RST's pseudo-labelled images (Carmon et al. 2019; WAR†)
+        extra_x, extra_y = load_extra(config.data.extra, data.train_x, data.num_classes)
+        data = dataclasses.replace(data, extra_x=extra_x, extra_y=extra_y)
     return data.to(device)
+
+
+def training_loader(config: RunConfig, data: ImageDataset) -> DeviceLoader | MixedLoader:
+    """The training batches: the training set alone, or mixed per batch with ``data.extra``
+    at ``data.extra_fraction`` (RST's sampler, :class:`~robustlab.data.extra.MixedLoader`)."""
+    common = {"augment": data.augment, "seed": config.seed}
+    if data.extra_x is not None and data.extra_y is not None:
+        return MixedLoader(
+            data.train_x,
+            data.train_y,
+            data.extra_x,
+            data.extra_y,
+            config.train.batch_size,
+            fraction=config.data.extra_fraction,
+            **common,
+        )
+    return DeviceLoader(data.train_x, data.train_y, config.train.batch_size, shuffle=True, **common)
 
 
 def model_spec_for(config: RunConfig, data: ImageDataset) -> dict[str, Any]:
@@ -230,14 +286,23 @@ def prepare(config: RunConfig) -> Experiment:
         RobustlabError: for any invalid setting or missing data file.
     """
     device = resolve_device(config.device)
+    dist = distributed.current()  # set up by `robustlab train` under torchrun
+    if dist is not None:
+        device = dist.device(device)  # cuda -> this rank's GPU, cuda:LOCAL_RANK
     configure_backends(device)
     seed_everything(config.seed)
     data = load_data(config, device)
     check_budgets(config, data)  # the checks robustlab config shares (validation.py)
     spec = model_spec_for(config, data)
     model = build_model(spec).to(device)
+    if config.train.init_from:
+        load_initial_weights(model, spec, config.train.init_from)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if config.train.spectral_clip is not None:
+        check_clippable(model)
+    if dist is not None:
+        model = distributed.convert_batch_norm(model, config.train.sync_bn, device)
     attack = training_attack(config)
     method = build_method(config, attack)
     optimizer = OPTIMIZERS.create(
@@ -248,17 +313,14 @@ def prepare(config: RunConfig) -> Experiment:
         weight_decay=config.train.weight_decay,
         nesterov=config.train.nesterov,
     )
-    loader = DeviceLoader(
-        data.train_x,
-        data.train_y,
-        config.train.batch_size,
-        shuffle=True,
-        augment=data.augment,
-        seed=config.seed,
-    )
+    loader = training_loader(config, data)
     # Training may run through a compiled wrapper; checkpoints and evaluation use the model itself.
     train_model = torch.compile(model) if config.train.compile else model
     fixed = max(config.train.batch_size, config.eval.lipschitz_n)
+    if dist is not None:
+        train_model, loader = _distribute(config, dist, device, model, train_model, loader, data)
+        if method.adapts_lam:  # WAR: λ from the global batch's terms, the same on every rank
+            method.global_terms = distributed.GlobalBatchMean(loader)
     return Experiment(
         config,
         device,
@@ -274,7 +336,79 @@ def prepare(config: RunConfig) -> Experiment:
         fixed_x=data.train_x[:fixed].float().div(255),
         fixed_y=data.train_y[:fixed],
         rng_state=capture_rng_state(device),  # last: after everything that draws at build time
+        dist=dist,
+        tracker=IterationTracker(model, config.train.track_every, config.train.epochs * len(loader))
+        if config.train.track_every
+        else None,
     )
+
+
+def load_initial_weights(model: nn.Module, spec: dict[str, Any], source: str) -> None:
+    """``train.init_from``: copy the weights (parameters and buffers) of another run's
+    checkpoint into ``model``; optimizer, schedules and epochs start afresh.
+
+    ``source`` is a checkpoint file or a run directory (its ``checkpoints/last.pt``).
+
+    Raises:
+        ConfigError: no checkpoint there, a damaged one, or one of another architecture
+            (family, width, depth, classes or input shape), named in one line.
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = RunDirectory(path).last_checkpoint
+    try:
+        state = load_checkpoint(path, map_location="cpu")
+    except CheckpointError as exc:
+        raise ConfigError("train.init_from", source, str(exc)) from None
+    theirs = state.get("model_spec") or {}
+    fields = ("name", "width", "depth", "num_classes", "in_channels", "image_size", "options")
+    differ = [
+        f"{k} {theirs.get(k)!r} there, {spec.get(k)!r} here"
+        for k in fields
+        if theirs.get(k) != spec.get(k)
+    ]
+    ours = model.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state.get("model", {}).items()}
+    if not differ and (
+        shapes.keys() != ours.keys() or any(shapes[k] != tuple(v.shape) for k, v in ours.items())
+    ):
+        differ = ["its tensors do not match this model's"]
+    if differ:
+        raise ConfigError(
+            "train.init_from",
+            str(path),
+            f"a checkpoint of another architecture ({'; '.join(differ)}); weights load "
+            "only into the same model",
+        )
+    model.load_state_dict(state["model"])
+
+
+def _distribute(
+    config: RunConfig,
+    dist: distributed.DistributedContext,
+    device: torch.device,
+    model: nn.Module,
+    train_model: nn.Module,
+    loader: DeviceLoader | MixedLoader,
+    data: ImageDataset,
+) -> tuple[nn.Module, ShardedLoader]:
+    """DDP around the training model and this rank's share of every global batch
+    (:mod:`.distributed`).
+
+    Raises:
+        ConfigError: a global batch smaller than the number of processes.
+    """
+    if config.train.batch_size < dist.world_size:
+        raise ConfigError(
+            "train.batch_size",
+            config.train.batch_size,
+            f"the global batch, split over the {dist.world_size} processes: must be >= "
+            f"{dist.world_size}",
+        )
+    probe = data.train_x[:2].float().div(255)
+    unused = distributed.unused_parameters(model, probe, data.train_y[:2])
+    wrapped = distributed.wrap(train_model, dist, device, unused)
+    return wrapped, ShardedLoader(loader, dist.rank, dist.world_size)
 
 
 @dataclass
@@ -296,9 +430,13 @@ def _state(
     step: int,
     history: list[dict[str, Any]],
     best: dict[str, Any] | None,
+    rng_ranks: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The last checkpoint; under DDP with every rank's random state (``rng_ranks``)."""
     scaler = exp.controls.scaler
+    extra = {"rng_ranks": rng_ranks} if rng_ranks is not None else {}
     return {
+        **extra,
         "epoch": epoch,
         "step": step,
         "model": exp.model.state_dict(),
@@ -310,6 +448,7 @@ def _state(
         "best": best,
         "config": exp.config.to_dict(),
         "model_spec": exp.model_spec,
+        "tracker": exp.tracker.state_dict() if exp.tracker is not None else None,
     }
 
 
@@ -340,8 +479,31 @@ def _restore(
     exp.method.load_state_dict(state["method"])
     if exp.controls.scaler is not None and state.get("scaler") is not None:
         exp.controls.scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"], exp.device)
+    ranks = state.get("rng_ranks")
+    if exp.dist is not None and ranks is not None and len(ranks) == exp.dist.world_size:
+        restore_rng_state(ranks[exp.dist.rank], exp.device)  # each rank continues its stream
+    else:
+        restore_rng_state(state["rng"], exp.device)
+        # Another number of processes than the checkpoint's: ranks > 0 draw fresh streams.
+        distributed.seed_rank(exp.config.seed, exp.dist)
+    if exp.tracker is not None and state.get("tracker") is not None:
+        exp.tracker.load_state_dict(state["tracker"])  # distances from the run's own θ₀
     return state["epoch"], state["step"], state["history"], state["best"]
+
+
+def _spectral_clip(exp: Experiment, epoch: int) -> dict[str, Any]:
+    """``train.spectral_clip``: after every ``spectral_clip_every``-th epoch's training (and the
+    last), before its evaluation, clip every layer's singular values to at most C
+    (:mod:`.spectral_clip`, Wen et al. App. B.4.2) and report ``max_spectral_norm``, the largest
+    layer norm after clipping (``None`` in epochs without clipping; the key is absent when
+    clipping is off: the exact convolution spectra cost seconds to minutes on wide models).
+    """
+    train = exp.config.train
+    if train.spectral_clip is None:
+        return {}
+    if (epoch + 1) % train.spectral_clip_every and epoch + 1 != train.epochs:
+        return {"max_spectral_norm": None}
+    return {"max_spectral_norm": clip_spectral_norms(exp.model, exp.fixed_x, train.spectral_clip)}
 
 
 def _epoch_diagnostics(exp: Experiment, epoch: int, show_progress: bool) -> dict[str, Any]:
@@ -351,6 +513,10 @@ def _epoch_diagnostics(exp: Experiment, epoch: int, show_progress: bool) -> dict
     batch = config.train.batch_size
     context = EpochContext(epoch, exp.fixed_x[:batch], exp.fixed_y[:batch])
     metrics.update(exp.method.on_epoch_end(exp.model, context))
+    if exp.dist is not None:
+        distributed.sync_from_main(exp.model, exp.method)
+        if not exp.dist.is_main:  # rank 0 evaluates; the others wait in the next collective
+            return metrics
     last = epoch + 1 == config.train.epochs
     if (epoch + 1) % config.eval.every == 0 or last:
         kwargs = {
@@ -428,6 +594,8 @@ def fit(
             on_epoch=on_epoch,
         )
     except KeyboardInterrupt as exc:
+        if not exp.is_main:  # rank 0 records the interruption
+            raise
         raise _mark_interrupted(exp, run, run_id, store, exc, started) from exc
 
 
@@ -482,30 +650,39 @@ def _fit(
     (PAS) ensemble models are evaluated on the whole test set (``eval.final``).
     """
     config = exp.config
+    # Under DDP only rank 0 writes (run directory, checkpoints; the others get no store).
+    main = exp.is_main
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     start_epoch, step = 0, 0
-    run.remove_partial_writes()
+    if main:
+        run.remove_partial_writes()
     if resume and run.last_checkpoint.exists():
         start_epoch, step, history, best = _restore(exp, run)
     elif exp.rng_state is not None:
         restore_rng_state(exp.rng_state, exp.device)
-    run.rewrite_metrics(history)
+        distributed.seed_rank(config.seed, exp.dist)
+    if main:
+        run.rewrite_metrics(history)
+        # The iterations the last checkpoint has done were recorded; later ones are redone.
+        run.truncate_iterations(step)
     process = {"pid": os.getpid(), "host": socket.gethostname()}  # see rundir.shown_status
     if store is not None:
         store.upsert_run(run_id, run.path.resolve(), config.to_dict(), **process)
         store.set_model_shape(run_id, exp.model_spec["width"], exp.model_spec["depth"])
         store.replace_epochs(run_id, history)
-    run.update_info(
-        status="running",
-        **process,
-        parameters=count_parameters(exp.model),
-        device=str(exp.device),
-        num_classes=exp.data.num_classes,  # chance level, for `robustlab calibrate-war`
-    )
+        store.replace_iterations(run_id, run.read_iterations())
+    if main:
+        run.update_info(
+            status="running",
+            **process,
+            parameters=count_parameters(exp.model),
+            device=str(exp.device),
+            num_classes=exp.data.num_classes,  # chance level, for `robustlab calibrate-war`
+            **({"world_size": exp.dist.world_size} if exp.dist is not None else {}),
+        )
     wall_start = time.perf_counter()
     epochs = config.train.epochs
-    snapshot_epochs = exp.controls.clock.period_ends()
     for epoch in range(start_epoch, epochs):
         if exp.method.stop_requested:
             break
@@ -514,31 +691,45 @@ def _fit(
             metrics: dict[str, Any] = {"epoch": epoch + 1}
             metrics.update(
                 train_one_epoch(
-                    exp.train_model, exp.method, exp.loader, exp.optimizer, exp.controls, epoch, bar
+                    exp.train_model,
+                    exp.method,
+                    exp.loader,
+                    exp.optimizer,
+                    exp.controls,
+                    epoch,
+                    bar,
+                    tracker=exp.tracker,
                 )
             )
         step += len(exp.loader)
+        iterations = exp.tracker.flush() if exp.tracker is not None else []
+        # Inside the epoch's work, before its checkpoint: a resumed run continues from the
+        # clipped weights, exactly as an uninterrupted one.
+        metrics.update(_spectral_clip(exp, epoch))
         metrics.update(_epoch_diagnostics(exp, epoch, show_progress))
         metrics["time_s"] = time.perf_counter() - epoch_start
         metrics = _ordered(metrics)
         history.append(metrics)
-        if metrics.get(SELECTION_METRIC) is not None and (
-            best is None or metrics[SELECTION_METRIC] > best[SELECTION_METRIC]
-        ):
-            best = metrics
-            save_checkpoint(run.best_checkpoint, _model_state(exp, epoch + 1, metrics))
-        if epoch + 1 in snapshot_epochs:
-            save_checkpoint(
-                run.snapshot_checkpoint(snapshot_epochs.index(epoch + 1) + 1),
-                _model_state(exp, epoch + 1, metrics),
-            )
-        save_checkpoint(run.last_checkpoint, _state(exp, epoch + 1, step, history, best))
-        run.append_metrics(metrics)
+        # Every rank's random state, for an exact resume (a collective: all ranks call it).
+        rng_ranks = (
+            distributed.gather_objects(capture_rng_state(exp.device))
+            if exp.dist is not None
+            else None
+        )
+        if main:
+            # Before the checkpoint: if it is not written, a resume drops these and redoes them.
+            run.append_iterations(iterations)
+            best = _save_epoch(exp, run, epoch, step, metrics, history, best, rng_ranks)
         if store is not None:
             store.record_epoch(run_id, epoch + 1, metrics)
+            store.record_iterations(run_id, iterations)
         if on_epoch is not None:
             on_epoch(metrics)
+        if exp.dist is not None:  # no rank starts the next epoch before the checkpoint exists
+            distributed.barrier()
     stopped = exp.method.stop_requested
+    if not main:  # rank 0 runs the final evaluation and records the end of the run
+        return FitResult(run_id, run.path, history, best)
     selection = (
         final_selection(exp, run, store, run_id, show_progress)
         if config.eval.final and history
@@ -564,12 +755,41 @@ def _fit(
     return FitResult(run_id, run.path, history, best, selection)
 
 
+def _save_epoch(
+    exp: Experiment,
+    run: RunDirectory,
+    epoch: int,
+    step: int,
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    rng_ranks: list[dict[str, Any]] | None,
+) -> dict[str, Any] | None:
+    """The epoch's checkpoints (best if improved, PAS snapshot at a period end, last) then its
+    line in ``metrics.jsonl``; returns the best epoch's metrics."""
+    metric = exp.config.eval.select
+    if improves(metric, metrics.get(metric), best):
+        best = metrics
+        save_checkpoint(run.best_checkpoint, _model_state(exp, epoch + 1, metrics))
+    snapshot_epochs = exp.controls.clock.period_ends()
+    if epoch + 1 in snapshot_epochs:
+        save_checkpoint(
+            run.snapshot_checkpoint(snapshot_epochs.index(epoch + 1) + 1),
+            _model_state(exp, epoch + 1, metrics),
+        )
+    if epoch + 1 in exp.config.train.save_epochs:
+        save_checkpoint(run.epoch_checkpoint(epoch + 1), _model_state(exp, epoch + 1, metrics))
+    save_checkpoint(run.last_checkpoint, _state(exp, epoch + 1, step, history, best, rng_ranks))
+    run.append_metrics(metrics)
+    return best
+
+
 def final_selection(
     exp: Experiment, run: RunDirectory, store: ResultsStore | None, run_id: str, show_progress: bool
 ) -> dict[str, Any]:
-    """Model selection as in the literature: the last model, the best by validation robust
-    accuracy, and for PAS the snapshot ensemble, each evaluated on the whole test set under the
-    evaluation attack (and stored as evaluations of the run).
+    """Model selection as in the literature: the last model, the best by ``eval.select``
+    (validation robust accuracy by default), and for PAS the snapshot ensemble, each evaluated
+    on the whole test set under the evaluation attack (and stored as evaluations of the run).
 
     Each evaluation is seeded with ``seed``, as ``robustlab eval RUN --seed SEED`` seeds its
     own, so the two give the same number for the same weights and attack; each entry carries
@@ -620,7 +840,15 @@ def final_selection(
     return selection
 
 
-SELECTION_KEYS = ("natural_accuracy", "robust_accuracy", "perturbation_stability", "n", "seconds")
+SELECTION_KEYS = (
+    "natural_accuracy",
+    "robust_accuracy",
+    "perturbation_stability",
+    "natural_loss",
+    "robust_loss",
+    "n",
+    "seconds",
+)
 
 
 # Column order of metrics.jsonl, the README's schema table and `robustlab show`.
@@ -633,15 +861,22 @@ METRIC_ORDER = (
     "nat_risk",
     "rob_reg",
     "lipschitz",
+    "max_spectral_norm",
     "train_nat_acc",
     "train_rob_acc",
     "train_stability",
+    "train_nat_loss",
+    "train_rob_loss",
     "val_nat_acc",
     "val_rob_acc",
     "val_stability",
+    "val_nat_loss",
+    "val_rob_loss",
     "test_nat_acc",
     "test_rob_acc",
     "test_stability",
+    "test_nat_loss",
+    "test_rob_loss",
     "time_s",
 )
 

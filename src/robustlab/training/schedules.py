@@ -14,6 +14,7 @@ import bisect
 import math
 from collections.abc import Callable, Sequence
 
+from ..errors import ConfigError
 from ..registry import Registry
 
 Schedule = Callable[[float], float]
@@ -74,6 +75,41 @@ def exp_decay(
     def factor(t: float) -> float:
         epoch = math.floor(t + 1e-9)
         return 1.0 if epoch < start else 0.5 ** (epoch - start + 1)
+
+    return factor
+
+
+@SCHEDULES.register("exponential")
+def exponential(
+    epochs: int,
+    milestones: Sequence[float] = (),
+    gamma: float = 0.1,
+    peak: float = DEFAULT_CYCLIC_PEAK,
+) -> Schedule:
+    """Liu et al. 2020 (Appendix C.1, VGG on CIFAR-10 with Adam): constant, then "decreased
+    exponentially" by a total factor ``gamma`` between the two milestones, then constant.
+
+    Their VGG runs use ``lr = 1e-3`` decayed to ``1e-4`` between the 100th and the 150th epoch of
+    200: ``train.milestones = [100, 150]`` (the default milestones of a 200-epoch run) and
+    ``train.gamma = 0.1``. As their code (``util/seq_parser.py``'s exponential sequence clipped
+    to [1e-4, 1e-3], updated once per epoch: ``--schedule_update_mode epoch``), the factor
+    changes once per epoch: epoch index ``d`` (0-based) trains at
+    ``gamma ** clip((d - m0) / (m1 - m0), 0, 1)``.
+
+    Raises:
+        ConfigError: the milestones are not two increasing epochs.
+    """
+    if len(milestones) != 2 or not milestones[0] < milestones[1]:
+        raise ConfigError(
+            "train.milestones",
+            list(milestones),
+            "the exponential schedule takes [start, end], two increasing epochs (Liu et al.: [100, 150])",
+        )
+    start, end = float(milestones[0]), float(milestones[1])
+
+    def factor(t: float) -> float:
+        epoch = math.floor(t + 1e-9)
+        return gamma ** min(max((epoch - start) / (end - start), 0.0), 1.0)
 
     return factor
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from ...attacks import Attack
 from ...errors import ConfigError
+from ..distributed import unwrap
 from ..lam_schedules import LambdaSchedule
 from .base import METHODS, EpochContext, Terms, TrainingMethod
 
@@ -254,5 +255,7 @@ class AWP(TrainingMethod):
 
 
 def _module(model: nn.Module) -> nn.Module:
-    """The module behind a ``torch.compile`` wrapper (its state dict keys have no prefix)."""
-    return getattr(model, "_orig_mod", model)
+    """The module behind a DDP and a ``torch.compile`` wrapper (its state dict keys have no
+    prefix). Under DDP each rank perturbs with its own shard's gradient; rank 0's weights are
+    broadcast at every epoch's end (:func:`robustlab.training.distributed.sync_from_main`)."""
+    return getattr(unwrap(model), "_orig_mod", unwrap(model))

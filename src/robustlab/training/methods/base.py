@@ -22,6 +22,7 @@ from torch import nn
 from ...attacks import Attack
 from ...errors import ConfigError
 from ...registry import Registry
+from ..distributed import unwrap
 from ..lam_schedules import ConstantLambda, LambdaSchedule
 
 METHODS: Registry[Callable[..., TrainingMethod]] = Registry("method", "method.name")
@@ -119,6 +120,9 @@ class TrainingMethod(ABC):
         self.lam_schedule.reset(float(lam or 0.0))
         self.track_terms = track_terms
         self.stop_requested = False
+        # Maps this process's batch means (l_nat, l_rob) to the global batch's before λ is
+        # stepped; set under DDP for an adaptive λ (distributed.GlobalBatchMean), else None.
+        self.global_terms: Callable[..., tuple[torch.Tensor, ...]] | None = None
 
     @property
     def lam(self) -> float:
@@ -157,8 +161,15 @@ class TrainingMethod(ABC):
         """
         if self.attack is None:
             return None
+        # Under DDP: on the module itself, never through the wrapper (its forward prepares a
+        # gradient reduction and broadcasts buffers; see robustlab.training.distributed).
+        model = unwrap(model)
         scale = _ATTACK_GRADIENT_SCALE.get()
-        return self.attack(model if scale is None else _GradientScaled(model, scale), x, y)
+        x_adv = self.attack(model if scale is None else _GradientScaled(model, scale), x, y)
+        sink = _CRAFTED.get()
+        if sink is not None:  # per-iteration tracking reads the step's logits on this batch
+            sink.append(x_adv)
+        return x_adv
 
     @abstractmethod
     def objective(
@@ -180,8 +191,11 @@ class TrainingMethod(ABC):
         t = self.terms(model, x, y)
         out: dict[str, torch.Tensor] = {}
         if t.rob_reg is not None and t.optimize_rob_reg:
-            nat = t.nat_risk if t.nat_risk is not None else t.base
-            lam = self.lam_schedule.step(nat.detach(), t.rob_reg.detach())
+            nat = (t.nat_risk if t.nat_risk is not None else t.base).detach()
+            rob = t.rob_reg.detach()
+            if self.global_terms is not None:  # DDP: the global batch's terms, not the shard's
+                nat, rob = self.global_terms(nat, rob)
+            lam = self.lam_schedule.step(nat, rob)
             out["loss"] = t.base + lam * t.rob_reg
         else:
             lam = self.lam_schedule.value
@@ -215,6 +229,23 @@ class TrainingMethod(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lam_schedule.load_state_dict(state["lam_schedule"])
         self.stop_requested = state.get("stop_requested", False)
+
+
+# The examples :meth:`TrainingMethod.craft` returns inside :func:`crafted_examples` (a list to
+# append to), for per-iteration tracking (:mod:`robustlab.training.tracking`); None outside.
+_CRAFTED: ContextVar[list[torch.Tensor] | None] = ContextVar("crafted", default=None)
+
+
+@contextmanager
+def crafted_examples() -> Iterator[list[torch.Tensor]]:
+    """Within the block, every batch of adversarial examples a method crafts is appended to
+    the list yielded (wrappers such as AWP craft through their inner method: once)."""
+    sink: list[torch.Tensor] = []
+    token = _CRAFTED.set(sink)
+    try:
+        yield sink
+    finally:
+        _CRAFTED.reset(token)
 
 
 @contextmanager

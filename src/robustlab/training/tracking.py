@@ -1,0 +1,157 @@
+"""Per-iteration tracking: what Liu et al. 2020 plot against iterations (Figs. 1 and 8).
+
+With ``train.track_every = N`` a run records, every N iterations (and at every iteration of the
+first and the last 2,000), the stochastic gradient's norm, the distance travelled from the
+starting weights ||θ − θ₀||, the batch's robust training error and loss, the method's loss,
+λ, the learning rate and ε. Liu, Salzmann, Lin, Tomioka & Süsstrunk, "On the Loss Landscape of
+Adversarial Training" (NeurIPS 2020), §4.1, Fig. 1: with a large ε the gradient norm stays large
+late in training, and the robust training error of the batches plateaus.
+
+Nothing here reads a value back to the host inside the training loop: each record is a small
+device tensor, and :meth:`IterationTracker.flush` copies an epoch's records in one transfer at
+its end. The robust error and loss are those of the training step's own forward pass on the
+crafted examples (captured, not recomputed: no extra pass, the pre-step weights, batch norm as
+the method ran it); λ is the value the step used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .methods.base import crafted_examples
+
+# Iterations recorded at every step at each end of a run (Liu et al. Fig. 8 zooms on them).
+DENSE_ITERATIONS = 2000
+# The device values of one record, in this order; ``iteration``, ``epoch``, ``lr`` and ``eps``
+# are known on the host.
+DEVICE_FIELDS = ("loss", "rob_loss", "rob_error", "grad_norm", "distance", "lam")
+
+
+class IterationTracker:
+    """Records a few numbers per tracked iteration, kept on the device until the epoch's end.
+
+    Args:
+        model: the model being trained (its parameters, not a compiled or DDP wrapper's).
+        every: record every this many iterations (> 0).
+        total: the run's number of iterations (epochs x batches per epoch).
+        dense: also record every iteration of the first and the last ``dense``.
+    """
+
+    def __init__(
+        self, model: nn.Module, every: int, total: int, dense: int = DENSE_ITERATIONS
+    ) -> None:
+        self.every, self.total, self.dense = int(every), int(total), int(dense)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # θ₀: the weights training starts from (saved in the last checkpoint for a resume).
+        self.origin = [p.detach().clone() for p in self.params]
+        self._rows: list[torch.Tensor] = []
+        self._host: list[tuple[int, int, float, float]] = []
+        self._logits: torch.Tensor | None = None
+
+    def wants(self, iteration: int) -> bool:
+        """Whether iteration ``iteration`` (0-based over the run) is recorded: host arithmetic."""
+        return (
+            iteration < self.dense
+            or iteration >= self.total - self.dense
+            or iteration % self.every == 0
+        )
+
+    def watching(self, model: nn.Module, iteration: int) -> AbstractContextManager[None]:
+        """Around the training step of a tracked iteration: capture the logits of the step's
+        forward pass on the examples the method crafted (others: a no-op)."""
+        return self._watch(model) if self.wants(iteration) else nullcontext()
+
+    @contextmanager
+    def _watch(self, model: nn.Module) -> Iterator[None]:
+        self._logits = None
+        with crafted_examples() as crafted:
+
+            def keep(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+                # The first forward pass on the crafted batch itself (an attack's inner passes
+                # see other tensors; AWP's later pass at perturbed weights comes second).
+                if (
+                    self._logits is None
+                    and crafted
+                    and args
+                    and args[0] is crafted[-1]
+                    and isinstance(output, torch.Tensor)
+                ):
+                    self._logits = output.detach()
+
+            handle = model.register_forward_hook(keep)
+            try:
+                yield
+            finally:
+                handle.remove()
+
+    def record(
+        self,
+        iteration: int,
+        epoch: int,
+        out: dict[str, torch.Tensor],
+        y: torch.Tensor,
+        lr: float,
+        eps: float,
+    ) -> None:
+        """After the step of iteration ``iteration``: queue its record (device ops only)."""
+        if not self.wants(iteration):
+            return
+        device = out["loss"].device
+        nan = torch.full((), float("nan"), device=device)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        grad_norm = _total_norm(grads) if grads else nan
+        weights = [p.detach() for p in self.params]
+        distance = _total_norm(torch._foreach_sub(weights, self.origin))
+        if self._logits is not None:
+            logits = self._logits.float()
+            rob_loss = F.cross_entropy(logits, y)
+            rob_error = (logits.argmax(1) != y).float().mean()
+        else:  # no adversarial examples this step (clean training without term tracking)
+            rob_loss = rob_error = nan
+        lam = out.get("lam", nan)
+        values = (out["loss"].detach(), rob_loss, rob_error, grad_norm, distance, lam)
+        self._rows.append(torch.stack([v.detach().float().reshape(()).to(device) for v in values]))
+        self._host.append((iteration, epoch + 1, float(lr), float(eps)))
+        self._logits = None
+
+    def flush(self) -> list[dict[str, Any]]:
+        """The records queued since the last flush, as JSON-ready dicts (one device read)."""
+        if not self._rows:
+            return []
+        values = torch.stack(self._rows).cpu().tolist()
+        records = []
+        for (iteration, epoch, lr, eps), row in zip(self._host, values, strict=True):
+            record: dict[str, Any] = {"iteration": iteration, "epoch": epoch, "lr": lr, "eps": eps}
+            # Missing (no adversarial examples) or non-finite (an fp16 step the scaler skipped)
+            # values are null: the file stays strict JSON.
+            record.update(
+                {
+                    k: (v if math.isfinite(v) else None)
+                    for k, v in zip(DEVICE_FIELDS, row, strict=True)
+                }
+            )
+            records.append(record)
+        self._rows, self._host = [], []
+        return records
+
+    def state_dict(self) -> dict[str, Any]:
+        """θ₀, for a resumed run to measure distances from the same start."""
+        return {"origin": [t.cpu() for t in self.origin]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.origin = [
+            t.to(p.device, p.dtype) for t, p in zip(state["origin"], self.params, strict=True)
+        ]
+
+
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """||concat(tensors)||₂ on the device: one fused kernel for the per-tensor norms."""
+    norms = torch._foreach_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
