@@ -369,3 +369,63 @@ def test_workers_of_a_killed_sweep_mark_their_runs_interrupted(tmp_path):
             os.killpg(sweep.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(sweep.pid, signal.SIGKILL)  # any worker left
+
+
+@pytest.mark.slow  # ~30-70 s on 2 shared cores; the SIGKILL test above resumes killed workers too
+def test_a_worker_killed_mid_run_is_resumed_by_the_next_sweep(tmp_path, capsys):
+    """SIGKILL of one worker while the sweep goes on: its run is reported interrupted (exit
+    status 1: not every run is done), and the next sweep resumes it from its last checkpoint."""
+    (tmp_path / "spec.toml").write_text(
+        'name = "k"\n[base]\n"data.name" = "synthetic"\n"model.name" = "mlp"\n"train.epochs" = 20\n'
+        '"eval.lipschitz_n" = 0\n"eval.n_train" = 32\n"eval.n" = 64\n"attack.steps" = 1\n"eval.steps" = 1\n'
+        '"device" = "cpu"\n[axes]\n"model.width" = [4, 8]\n'
+    )
+    victim = tmp_path / "out" / "k" / "w4-s0"
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "robustlab",
+            "sweep",
+            "spec.toml",
+            "--workers",
+            "2",
+            "--out",
+            "out",
+            "--store",
+            "db.sqlite",
+            "--json",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while _epochs_done(victim) < 2:
+            assert time.monotonic() < deadline and sweep.poll() is None
+            time.sleep(0.05)
+        os.kill(info(victim)["pid"], signal.SIGKILL)
+        out, err = sweep.communicate(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert sweep.returncode == 1, err
+    assert json.loads(out)["counts"] == {
+        "done": 1, "running": 0, "interrupted": 1, "failed": 0, "pending": 0
+    }  # fmt: skip
+    assert "1 runs not finished; continue them with: robustlab sweep" in err
+    created, done_before = info(victim)["created_at"], _epochs_done(victim)
+    assert 2 <= done_before < 20
+    code, out, err = cli(
+        capsys, "sweep", "spec.toml", "--store", "db.sqlite", "--json", cwd=tmp_path
+    )
+    assert code == 0, err
+    assert json.loads(out)["started"] == ["w4-s0"]
+    assert info(victim)["status"] == "finished" and info(victim)["created_at"] == created
+    assert [
+        json.loads(x)["epoch"] for x in (victim / "metrics.jsonl").read_text().splitlines()
+    ] == list(range(1, 21))

@@ -260,3 +260,20 @@ def test_presets_are_listed(capsys):
 def test_shipped_sweep_specs_expand(path, tmp_path):
     runs = expand(load_spec(path), tmp_path)
     assert len(runs) > 1
+
+
+def test_an_edited_spec_warns_about_runs_started_with_other_values(tmp_path):
+    """A run directory keeps the config it was started with: when the spec changed since, the
+    sweep says so rather than silently mixing old and new settings."""
+    from robustlab.config import build_config
+    from robustlab.rundir import RunDirectory
+    from robustlab.sweep.execute import config_drift
+    from robustlab.sweep.state import sweep_states
+
+    first = expand(spec(axes={"model.width": [4, 8]}), tmp_path)
+    for run in first:  # as a job creates them
+        RunDirectory.create(run.path, build_config(base=run.config), run.full_name)
+    assert config_drift(sweep_states(first)) == []
+    edited = expand(spec(axes={"model.width": [4, 8]}, base={**BASE, "train.epochs": 2}), tmp_path)
+    warnings = config_drift(sweep_states(edited))
+    assert len(warnings) == 2 and "train.epochs" in warnings[0] and "keeps them" in warnings[0]

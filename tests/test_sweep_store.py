@@ -198,3 +198,15 @@ def test_where_compares_numbers_as_numbers(tmp_path):
     assert len([r for r in records if aggregate.matches(r, [("model.width", 16.0)])]) == 6
     with pytest.raises(ConfigError):
         aggregate.parse_where(["model.width"])
+
+
+def test_ingest_ignores_a_torn_last_metrics_line(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    with (run_dir / "metrics.jsonl").open("a") as handle:
+        handle.write('{"epoch": 4, "train_lo')  # a write cut short
+    result = ingest_run(ResultsStore(tmp_path / "t.db"), run_dir)
+    assert result.epochs == 3
+    with (run_dir / "metrics.jsonl").open("a") as handle:
+        handle.write('\n{"epoch": 5}\n')  # torn in the middle: not a crash artefact, an error
+    with pytest.raises(RunError, match="cannot read the run"):
+        ingest_run(ResultsStore(tmp_path / "t.db"), run_dir)

@@ -48,7 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"runs go to DIR/<sweep>/<run> (default: where the store says the sweep ran, else {DEFAULT_OUT})",
     )
     add_store_argument(parser)
-    parser.add_argument("--executor", default="local", help="local (default) or slurm")
+    parser.add_argument(
+        "--executor",
+        default="local",
+        help=f"where runs execute: {', '.join(EXECUTORS.names())} (default local)",
+    )
     parser.add_argument(
         "--workers", type=int, default=1, metavar="N", help="runs at the same time (default 1)"
     )
@@ -156,7 +160,7 @@ def _run(args: argparse.Namespace, spec: SweepSpec) -> int:
                 "failed": [s.run.name for s in outcome.failed],
             }
         )
-    return 1 if outcome.failed else 0
+    return 0 if outcome.complete else 1
 
 
 def _dry_run(args: argparse.Namespace, spec: SweepSpec, out: Path) -> int:

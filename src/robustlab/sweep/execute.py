@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..errors import RunError
+from ..errors import RobustlabError, RunError
 from ..store import ResultsStore
 from .executors import ExecutorSettings, RunHandle, create_executor
 from .ingest import ingest_run
@@ -62,6 +63,11 @@ class SweepOutcome:
     @property
     def failed(self) -> list[RunState]:
         return [s for s in self.states if s.state == "failed"]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every run of the sweep is done."""
+        return all(s.state == "done" for s in self.states)
 
 
 def spec_argument(spec: SweepSpec) -> str:
@@ -124,6 +130,40 @@ def ingest_planned(store: ResultsStore, runs: Sequence[PlannedRun]) -> int:
     return count
 
 
+def config_drift(states: Sequence[RunState], shown: int = 5) -> list[str]:
+    """Warnings for runs whose directory holds another config than the spec now gives them (the
+    spec was edited): such a run is skipped or resumed with the config it was started with."""
+    from ..config import build_config
+
+    lines = []
+    for state in states:
+        if state.state == "pending":
+            continue
+        try:
+            saved = build_config(state.run.path / "config.toml").to_dict()
+        except RobustlabError:
+            continue  # reported when it is ingested or resumed
+        keys = _differing_keys(state.run.config, saved)
+        if keys:
+            lines.append(
+                f"  warning: {state.run.full_name} was started with other values of "
+                f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}; it keeps them "
+                f"(delete {state.run.run_dir} to run it with the spec's)"
+            )
+    if len(lines) > shown:
+        lines = [*lines[:shown], f"  warning: ... and {len(lines) - shown} more runs like these"]
+    return lines
+
+
+def _differing_keys(planned: Any, saved: Any, prefix: str = "") -> list[str]:
+    if isinstance(planned, dict) and isinstance(saved, dict):
+        keys = []
+        for key in sorted(set(planned) | set(saved)):
+            keys += _differing_keys(planned.get(key), saved.get(key), f"{prefix}{key}.")
+        return keys
+    return [] if planned == saved else [prefix.rstrip(".")]
+
+
 def to_do(states: Sequence[RunState], retry_failed: bool) -> list[PlannedRun]:
     """The runs to hand to the executor (see the module docstring, step 4)."""
     wanted = {"pending", "interrupted", *(("failed",) if retry_failed else ())}
@@ -156,6 +196,8 @@ def run_sweep(
         )
         ingest_planned(store, runs)
         states = sweep_states(runs)
+        for line in config_drift(states):
+            say(line)
         counts = count_states(states)
         todo = to_do(states, retry_failed)
         say(
@@ -197,6 +239,11 @@ def run_sweep(
         say(f"  failed {failed.run.full_name}: {failed.error or 'see its log'}{where}")
     if outcome.failed:
         say(f"  retry them with: robustlab sweep {spec_argument(spec)} --retry-failed")
+    left = counts["interrupted"] + counts["pending"]
+    if left:  # a job killed while the sweep went on (out of memory, a kill of the worker)
+        say(
+            f"  {left} runs not finished; continue them with: robustlab sweep {spec_argument(spec)}"
+        )
     return outcome
 
 

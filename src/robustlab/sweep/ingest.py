@@ -71,7 +71,7 @@ def ingest_run(store: ResultsStore, path: str | Path) -> Ingested:
     try:
         info = run.read_info()
         config = build_config(run.config_file)
-        history = run.read_metrics()
+        history = read_history(run)
     except (OSError, ValueError, ConfigError) as exc:
         raise RunError(f"{str(path)!r}: cannot read the run ({exc})") from None
     run_id = str(info["run_id"])
@@ -105,6 +105,22 @@ def ingest_run(store: ResultsStore, path: str | Path) -> Ingested:
         summary["error"] = info["error"]
     store.finish_run(run_id, status, summary)
     return Ingested(run_id, run.path.resolve(), status, len(history), len(selection))
+
+
+def read_history(run: RunDirectory) -> list[dict[str, Any]]:
+    """``metrics.jsonl``, without a torn last line (a machine that lost power mid-append; the
+    run's resume rewrites the file from its checkpoint). A torn line elsewhere is an error."""
+    if not run.metrics_file.exists():
+        return []
+    lines = [line for line in run.metrics_file.read_text().splitlines() if line.strip()]
+    history = []
+    for i, line in enumerate(lines):
+        try:
+            history.append(json.loads(line))
+        except ValueError:
+            if i + 1 < len(lines):
+                raise
+    return history
 
 
 def _model_shape(config: dict[str, Any]) -> tuple[Any, Any]:
@@ -154,7 +170,3 @@ def _add_selection_evaluation(
 def ingest(store: ResultsStore, paths: Iterable[str | Path]) -> list[Ingested]:
     """Ingest every run directory at or under ``paths``."""
     return [ingest_run(store, path) for path in find_run_dirs(paths)]
-
-
-def dumps(results: list[Ingested]) -> str:
-    return json.dumps([r.__dict__ for r in results], default=str)

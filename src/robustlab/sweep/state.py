@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..rundir import RunDirectory, process_alive
+from .ingest import read_history
 from .plan import PlannedRun
 
 STATES = ("done", "running", "interrupted", "failed", "pending")
@@ -42,9 +43,9 @@ def run_state(run: PlannedRun) -> RunState:
     directory = RunDirectory.open(path)
     try:
         info = directory.read_info()
-    except ValueError:  # unreadable run.json: treat as interrupted, the job rewrites it
+        epochs = len(read_history(directory))
+    except ValueError:  # unreadable files: interrupted (its resume rewrites them)
         return RunState(run, "interrupted")
-    epochs = len(directory.read_metrics())
     status = info.get("status", "running")
     if status == "running":
         alive = process_alive(info.get("pid"), info.get("host"))
