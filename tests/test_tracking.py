@@ -19,7 +19,7 @@ from robustlab.training import create_method
 from robustlab.training.loop import StepControls, train_one_epoch
 from robustlab.training.runner import fit, prepare
 from robustlab.training.schedules import ScheduleClock
-from robustlab.training.tracking import IterationTracker
+from robustlab.training.tracking import IterationTracker, plot_iterations
 
 FIELDS = {"iteration", "epoch", "lr", "eps", "loss", "rob_loss", "rob_error", "grad_norm",
           "distance", "lam"}  # fmt: skip
@@ -67,6 +67,8 @@ def test_a_tracked_run_records_iterations_in_the_run_directory_and_the_store(
     assert store.iterations("tracked") == records
     lines = (run.path / "iterations.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == records
+    figure = plot_iterations({"eps 0.1": records}, tmp_path / "iterations.png")
+    assert figure is not None and figure.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_tracking_changes_nothing_in_training(

@@ -17,8 +17,9 @@ the method ran it); λ is the value the step used.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -155,3 +156,49 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """||concat(tensors)||₂ on the device: one fused kernel for the per-tensor norms."""
     norms = torch._foreach_norm(tensors)
     return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+
+
+def plot_iterations(
+    records: list[dict[str, Any]] | Mapping[str, list[dict[str, Any]]], path: str | Path
+) -> Path | None:
+    """The tracked quantities against the iteration, to ``path`` (PNG): the stochastic
+    gradient's norm (log scale), the batch's robust training error and the distance from θ₀,
+    as Liu et al. 2020, Figs. 1 and 8.
+
+    ``records`` are one run's (``RunDirectory.read_iterations()`` or the store's
+    ``iterations(run_id)``), or ``{label: records}`` to compare runs (ε values, say) in one
+    figure, one tab10 colour each.
+
+    Returns:
+        ``path``, or ``None`` when matplotlib is not installed.
+    """
+    from ..diagnostics._plot import new_figure, save
+
+    runs = dict(records) if isinstance(records, Mapping) else {"": records}
+    drawn = new_figure(ncols=3, size=(13.0, 4.0))
+    if drawn is None:
+        return None
+    figure, (grad_axis, error_axis, distance_axis) = drawn
+    panels = (
+        (grad_axis, "grad_norm", 1.0, "stochastic gradient norm ‖∇θ L‖ (log scale)"),
+        (error_axis, "rob_error", 100.0, "robust training error of the batch (%)"),
+        (distance_axis, "distance", 1.0, "distance from the start ‖θ − θ₀‖"),
+    )
+    for index, (label, rows) in enumerate(runs.items()):
+        for axis, key, scale, _ in panels:
+            kept = [r for r in rows if r.get(key) is not None]
+            axis.plot(
+                [r["iteration"] for r in kept],
+                [scale * r[key] for r in kept],
+                color=f"C{index % 10}",
+                linewidth=0.8,
+                label=label or None,
+            )
+    for axis, _, _, ylabel in panels:
+        axis.set_xlabel("iteration")
+        axis.set_ylabel(ylabel)
+    grad_axis.set_yscale("log")
+    if any(runs):
+        grad_axis.legend(fontsize=8)
+    figure.suptitle("Per-iteration training dynamics (train.track_every; Liu et al. 2020, Fig. 1)")
+    return save(figure, path)
