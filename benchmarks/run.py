@@ -876,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
         args.spectra_depth, args.spectra_width, args.spectra_repeats = 34, 10, 1
         args.gaps_points, args.gaps_repeats, args.gaps_warmup = 5000, 3, 1
         args.hessian_width, args.hessian_batch = 4, 32
-        args.hessian_iters, args.hessian_repeats = 10, 5
+        args.hessian_iters, args.hessian_repeats = 20, 7
         args.track_width, args.track_batch, args.track_repeats = 8, 64, 3
         default_cases = [
             "pgd_at",
