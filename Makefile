@@ -12,7 +12,7 @@ export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 export MALLOC_TOP_PAD_ ?= 268435456
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test: lint
 # Speed side by side with peers (torchattacks, reference loops): benchmarks/results/latest.{json,md}.
 bench: $(VENV)/.test-stamp
 	$(BIN)/python benchmarks/run.py
+
+# The figures and tables of docs/reproducing.md, from its tiny-scale commands (a few minutes).
+docs: $(VENV)/.core-stamp
+	$(BIN)/python docs/build.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contextlib
 
+import cpu_speed
 import references
 from robustlab.attacks import create_attack
 from robustlab.data import DeviceLoader, create_dataset
@@ -785,6 +786,11 @@ def gpu_wrn_case(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# Issue 14's CPU speed cases (allocator re-exec, threads, per-epoch overhead): cpu_speed.py.
+for _name, _case in cpu_speed.CASE_FUNCTIONS.items():
+    CASES.register(_name)(_case)
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 
@@ -836,6 +842,59 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+# ---------------------------------------------------------------------------------------------
+# Profiles
+
+# The sizes the cases read from ``args``, as (CPU profile, GPU profile): the CPU profile fits
+# 2 shared cores in minutes; the GPU profile (--gpu) runs CIFAR-size models and batches.
+PROFILE_SIZES: dict[str, tuple[int, int]] = {
+    "width": (16, 64),
+    "batch": (128, 128),
+    "attack_width": (8, 64),
+    "attack_repeats": (7, 5),
+    "aa_points": (128, 1000),
+    "aa_repeats": (5, 3),
+    "data_images": (10000, 50000),
+    "gpu_images": (0, 10240),
+    "spectra_depth": (34, 34),
+    "spectra_width": (10, 10),
+    "spectra_repeats": (1, 3),
+    "gaps_points": (5000, 10000),
+    "gaps_repeats": (3, 5),
+    "gaps_warmup": (1, 1),
+    "hessian_width": (4, 64),
+    "hessian_batch": (32, 256),
+    "hessian_iters": (20, 20),
+    "hessian_repeats": (7, 5),
+    "track_width": (8, 64),
+    "track_batch": (64, 128),
+    "track_repeats": (3, 5),
+    # cpu_speed.py's cases (CPU profile only)
+    "allocator_repeats": (3, 3),
+    "allocator_threads": (1, 1),
+    "threads_repeats": (3, 3),
+    "threads_steps": (3, 3),
+    "overhead_repeats": (3, 3),
+}
+# The cases a profile runs without --case, in order: the shared ones, then the CPU profile's
+# whole-job and local-sweep timings, or the GPU profile's WRN-34-10 AT epoch.
+_SHARED_CASES = [
+    "pgd_at",
+    "trades",
+    "attacks",
+    "autoattack",
+    "data",
+    "spectra",
+    "diagnose_gaps",
+    "hessian",
+    "tracking",
+]
+DEFAULT_CASES = {
+    "cpu": [*_SHARED_CASES, "demo", "sweep_local", *cpu_speed.CASE_FUNCTIONS],
+    "gpu": [*_SHARED_CASES, "gpu_wrn"],
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -850,50 +909,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
     args = parser.parse_args(argv)
     args.device = torch.device("cuda" if args.gpu else "cpu")
-    if args.gpu:
-        args.width, args.batch, args.attack_width, args.attack_repeats = 64, 128, 64, 5
-        args.aa_points, args.aa_repeats, args.data_images, args.gpu_images = 1000, 3, 50000, 10240
-        args.spectra_depth, args.spectra_width, args.spectra_repeats = 34, 10, 3
-        args.gaps_points, args.gaps_repeats, args.gaps_warmup = 10000, 5, 1
-        args.hessian_width, args.hessian_batch = 64, 256
-        args.hessian_iters, args.hessian_repeats = 20, 5
-        args.track_width, args.track_batch, args.track_repeats = 64, 128, 5
-        default_cases = [
-            "pgd_at",
-            "trades",
-            "attacks",
-            "autoattack",
-            "data",
-            "spectra",
-            "diagnose_gaps",
-            "hessian",
-            "tracking",
-            "gpu_wrn",
-        ]
-    else:
-        args.width, args.batch, args.attack_width, args.attack_repeats = 16, 128, 8, 7
-        args.aa_points, args.aa_repeats, args.data_images, args.gpu_images = 128, 5, 10000, 0
-        args.spectra_depth, args.spectra_width, args.spectra_repeats = 34, 10, 1
-        args.gaps_points, args.gaps_repeats, args.gaps_warmup = 5000, 3, 1
-        args.hessian_width, args.hessian_batch = 4, 32
-        args.hessian_iters, args.hessian_repeats = 20, 7
-        args.track_width, args.track_batch, args.track_repeats = 8, 64, 3
-        default_cases = [
-            "pgd_at",
-            "trades",
-            "attacks",
-            "autoattack",
-            "data",
-            "spectra",
-            "diagnose_gaps",
-            "hessian",
-            "tracking",
-            "demo",
-            "sweep_local",
-        ]
-    names = args.case or default_cases
+    profile = "gpu" if args.gpu else "cpu"
+    for key, (cpu, gpu) in PROFILE_SIZES.items():
+        setattr(args, key, gpu if args.gpu else cpu)
+    names = args.case or DEFAULT_CASES[profile]
     report: dict[str, Any] = {
-        "profile": "gpu" if args.gpu else "cpu",
+        "profile": profile,
         "machine": machine(),
         "cases": {},
     }

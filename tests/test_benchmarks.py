@@ -92,3 +92,28 @@ def test_diagnostics_cases_are_registered_and_run_on_a_tiny_size(one_thread) -> 
         < 0.1
     )
     assert gaps["ours"]["runs"] == gaps["reference"]["runs"] == 1
+
+
+def test_every_profile_sets_every_size_and_runs_registered_cases(tmp_path) -> None:
+    """Each profile's default cases are registered, and a case receives every size of
+    ``PROFILE_SIZES`` at its profile's value."""
+    bench = _bench()  # a fresh module: the stubs below stay in this test
+    for profile, cases in bench.DEFAULT_CASES.items():
+        assert cases and set(cases) <= set(bench.CASES.names()), profile
+    received: dict[str, dict] = {}
+
+    def stub(name: str):
+        def case(args) -> dict:
+            received[name] = dict(vars(args))
+            return {}
+
+        return case
+
+    bench.CASES.get = stub
+    bench.markdown = lambda report: ""
+    bench.machine = lambda: {"cuda_device": None}
+    for index, flags in enumerate(([], ["--gpu"])):
+        bench.main(["--case", "pgd_at", "--out", str(tmp_path), *flags])
+        sizes = {key: received["pgd_at"][key] for key in bench.PROFILE_SIZES}
+        assert sizes == {key: pair[index] for key, pair in bench.PROFILE_SIZES.items()}
+        assert received["pgd_at"]["device"].type == ("cuda" if flags else "cpu")

@@ -33,7 +33,12 @@ def test_train_json_is_one_object_with_final_and_best(trained, tmp_path) -> None
         "metrics.jsonl",
         "checkpoints",
     }
-    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
+    # The previous good last checkpoint stays until the new one is verified (issue 14, point 2).
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {
+        "last.pt",
+        "last.prev.pt",
+        "best.pt",
+    }
     info = json.loads((run / "run.json").read_text())
     assert info["run_id"] == trained["run_id"] and info["status"] == "finished" and info["torch"]
     assert info["wall_time_s"] > 0 and info["seed"] == 0

@@ -1,5 +1,5 @@
 """``robustlab diagnose``: every measurement through the command line, the store, the figures,
-every kind of model source, and bad input refused before anything is written (issue 9)."""
+every kind of model source, and bad input refused before anything is written (issues 9, 10)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,19 @@ from robustlab.cli.main import main
 from robustlab.diagnostics import DIAGNOSTICS, DiagnosticResult, list_diagnostics
 from robustlab.models import create_model
 from robustlab.store import ResultsStore
+from robustlab.training.checkpoint import load_checkpoint, save_checkpoint
+from robustlab.training.runner import build_model
 
 # The measurements diagnose has a spec for (their options and tables).
 SPECIFIED = sorted(diagnose_cli.SPECS)
+# Small settings for the parameter-space measurements (their defaults take seconds); BEST is
+# the run's best checkpoint, the other end of connectivity's path.
+SMALL = {
+    "hessian": ["--k", "3"],
+    "landscape": ["--points", "3"],
+    "perturbation_similarity": ["--a", "0,0.5"],
+    "connectivity": ["--with", "BEST", "--epochs", "2", "--points", "5"],
+}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -46,6 +56,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"run": out, "store": store, "run_id": run_id}
 
 
+@pytest.fixture(scope="module")
+def narrow(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A robustlab checkpoint of the run's model family and data at another width (16)."""
+    state = load_checkpoint(trained["run"] / "checkpoints" / "last.pt")
+    spec = {**state["model_spec"], "width": 16}
+    path = tmp_path_factory.mktemp("narrow") / "narrow.pt"
+    save_checkpoint(path, {"model": build_model(spec).state_dict(), "model_spec": spec})
+    return path
+
+
 def _diagnose(capsys, *args: str) -> dict:
     capsys.readouterr()
     code = main(["diagnose", *args, "--json"])
@@ -70,9 +90,10 @@ def _check_png(path: str | Path) -> None:
 @pytest.mark.parametrize("name", SPECIFIED)
 def test_each_measurement_is_measured_stored_and_drawn(trained, capsys, name, one_thread) -> None:
     kind = DIAGNOSTICS.meta(name)["data"]
-    result = _diagnose(
-        capsys, str(trained["run"]), "--what", name, "--split", "both", "--n", "24", "--steps", "2"
-    )
+    best = str(trained["run"] / "checkpoints" / "best.pt")
+    small = [arg.replace("BEST", best) for arg in SMALL.get(name, [])]
+    argv = [str(trained["run"]), "--what", name, "--split", "both", "--n", "24", "--steps", "2"]
+    result = _diagnose(capsys, *argv, *small)
     assert result["run_id"] == trained["run_id"] and result["source"] == "last@3"
     summary = result[name]
     rows = ResultsStore(trained["store"], create=False).diagnostics(trained["run_id"], name)
@@ -88,10 +109,14 @@ def test_each_measurement_is_measured_stored_and_drawn(trained, capsys, name, on
         assert row["summary"] == summary
         assert row["split"] == {"train_test": "train+test", "shapes": None}[kind]
     assert all(row["run_id"] == trained["run_id"] for row in stored)
-    (plot,) = result["plots"][name]
-    assert Path(plot) == trained["run"] / "diagnostics" / "last@3" / f"{name}.png"
-    assert all(row["plot"] == plot for row in stored)
-    _check_png(plot)
+    # One figure of both splits where the plot overlays them, else one per split.
+    one = kind != "points" or DIAGNOSTICS.meta(name).get("plot_splits")
+    names = [f"{name}.png"] if one else [f"{name}-train.png", f"{name}-test.png"]
+    plots = result["plots"][name]
+    assert plots == [str(trained["run"] / "diagnostics" / "last@3" / n) for n in names]
+    assert {row["plot"] for row in stored} == set(plots)
+    for plot in plots:
+        _check_png(plot)
 
 
 def test_the_attack_defaults_to_the_runs_evaluation_attack(trained, capsys, one_thread) -> None:
@@ -241,23 +266,51 @@ def test_module_function_target_gets_pgd_20(tmp_path, monkeypatch, capsys) -> No
         (["model.ts", "--what", "gaps", "--eps", "0.1"], "--what='gaps': the training split"),
         (["model.ts", "--what", "margins"], "--data"),
         (["model.ts", "--what", "stability", "--data", "digits"], "--eps=None: required"),
+        # Issue 10's parameter-space measurements.
+        (["RUN", "--what", "hessian", "--k", "0"], "--k=0: must be >= 1"),
+        (["RUN", "--what", "hessian", "--k", "-2"], "--k=-2: must be >= 1"),
+        (["RUN", "--what", "hessian", "--k", "99999"], "--k=99999: between 1 and the number of"),
+        (["RUN", "--what", "hessian", "--solver", "lanczoz"], "did you mean 'lanczos'"),
+        (["RUN", "--what", "hessian", "--objective", "robust"], "--objective='robust': unknown"),
+        (
+            ["RUN", "--what", "connectivity", "--with", "NARROW"],
+            "--with='NARROW': NormalizedModel with 3,530 parameters: not the architecture of",
+        ),
+        (["RUN", "--what", "connectivity"], "--with=None: connectivity needs"),
+        (["RUN", "--what", "connectivity", "--with", "RUN", "--order", "5"], "one of 2, 3, 4"),
+        (["RUN", "--what", "connectivity", "--with", "RUN", "--points", "1"], "--points=1: at "),
+        (
+            ["RUN", "--what", "connectivity", "--with", "RUN", "--save-middle", "RUN"],
+            "is a directory",
+        ),
+        (
+            ["RUN", "--what", "landscape", "--directions", "eigen"],
+            "--directions='eigen': unknown name; valid: hessian, random",
+        ),
+        (["RUN", "--what", "landscape", "--dims", "3"], "--dims='3': one of 1, 2"),
+        (["RUN", "--what", "landscape", "--points", "0"], "--points=0: a grid with no points"),
+        (["RUN", "--what", "perturbation_similarity", "--a", ","], "--a=',': a grid with no"),
+        (["RUN", "--what", "perturbation_similarity", "--a", "0,x"], "--a='x': expected a number"),
+        (["RUN", "--what", "margins", "--k", "3"], "--k='3': read only by hessian"),
     ],
 )
+@pytest.mark.parametrize("output", [["--json"], []])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
-    trained, tmp_path, monkeypatch, capsys, args, fragment
+    trained, narrow, tmp_path, monkeypatch, capsys, args, fragment, output
 ) -> None:
     monkeypatch.chdir(tmp_path)
     torch.jit.script(_external_mlp()).save(str(tmp_path / "model.ts"))
     run = str(trained["run"])
-    argv = [arg.replace("RUN", run) for arg in args]
+    argv = [arg.replace("RUN", run).replace("NARROW", str(narrow)) for arg in args]
     rows_before = len(ResultsStore(trained["store"], create=False).diagnostics())
     figures_before = sorted((trained["run"] / "diagnostics").rglob("*"))
     capsys.readouterr()
-    code = main(["diagnose", *argv, "--json"])
+    code = main(["diagnose", *argv, *output])
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
+    # One line: refused before the header that announces the work, with or without --json.
     assert len(err.strip().splitlines()) == 1 and err.startswith("robustlab diagnose: error: ")
-    assert fragment in err
+    assert fragment.replace("NARROW", str(narrow)) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ts"]  # no store, no figures
     assert len(ResultsStore(trained["store"], create=False).diagnostics()) == rows_before
     assert sorted((trained["run"] / "diagnostics").rglob("*")) == figures_before
@@ -316,3 +369,77 @@ def test_a_required_option_diagnose_cannot_set_is_one_line(trained, monkeypatch,
     _register(monkeypatch, "needy", _needs_option, data="points", attack=False)
     assert main(["diagnose", str(trained["run"]), "--what", "needy"]) == 2
     assert "needs its option 'required'" in capsys.readouterr().err
+
+
+def test_hessian_options_reach_it_and_the_table_lists_the_eigenvalues(trained, capsys) -> None:
+    argv = [str(trained["run"]), "--what", "hessian", "--n", "16", "--k", "4"]
+    argv += ["--trace-samples", "6", "--density-runs", "1", "--density-steps", "8"]
+    argv += ["--normalize-samples", "2", "--normalize-radius", "0.5", "--objective", "natural"]
+    summary = _diagnose(capsys, *argv)["hessian"]["test"]
+    assert summary["solver"] == "lanczos" and summary["objective"] == "natural"
+    assert len(summary["eigenvalues"]) == 4 and summary["trace_samples"] == 6
+    assert len(summary["density"]["nodes"][0]) == 8 and len(summary["random_losses"]) == 2
+    assert summary["normalize_radius"] == 0.5
+    assert "attack" not in summary["settings"]  # the natural loss is measured without one
+    capsys.readouterr()
+    assert main(["diagnose", *argv]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("rank")))
+    rows = [line.split() for line in lines[header + 2 : header + 6]]
+    assert [row[0] for row in rows] == ["1", "2", "3", "4"]
+    for row, value, normalized in zip(
+        rows, summary["eigenvalues"], summary["normalized_eigenvalues"], strict=True
+    ):
+        assert float(row[1]) == pytest.approx(value, rel=1e-3)
+        assert float(row[2]) == pytest.approx(normalized, rel=1e-3)
+    footer = "\n".join(lines[header + 6 :])
+    assert "6 Hutchinson samples" in footer and "1 SLQ run(s) x 8 steps" in footer
+    power = _diagnose(capsys, *argv[:3], "--n", "8", "--k", "1", "--solver", "power")
+    assert power["hessian"]["test"]["solver"] == "power"
+
+
+def test_landscape_and_similarity_options_reach_them(trained, capsys) -> None:
+    argv = [str(trained["run"]), "--what", "landscape,perturbation_similarity", "--n", "12"]
+    argv += ["--directions", "hessian", "--dims", "1", "--points", "5", "--radius", "0.5"]
+    argv += ["--a", "0,1/4", "--random-directions", "2", "--repeats", "2", "--steps", "2"]
+    result = _diagnose(capsys, *argv)
+    surface, similarity = result["landscape"]["test"], result["perturbation_similarity"]["test"]
+    assert surface["coords"] == pytest.approx([-0.5, -0.25, 0.0, 0.25, 0.5])
+    assert surface["directions"] == "hessian" and len(surface["eigenvalues"]) == 1
+    assert similarity["a"] == [0.0, 0.25] and len(similarity["directions"]) == 3
+    assert similarity["repeats"] == 2
+    assert [row[0] for row in similarity["similarity"]] == [1.0, 1.0, 1.0]  # a = 0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_natural_loss_needs_no_budget_outside_a_run(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.jit.script(_external_mlp()).save(str(tmp_path / "model.ts"))
+    argv = ["model.ts", "--data", "digits", "--what", "hessian,landscape", "--n", "8"]
+    result = _diagnose(capsys, *argv, "--objective", "natural", "--k", "2", "--points", "3")
+    assert result["hessian"]["test"]["objective"] == "natural"
+    assert result["landscape"]["test"]["loss"][1][1] == pytest.approx(
+        result["hessian"]["test"]["loss"], rel=1e-5
+    )  # the surface at θ is the loss the Hessian is taken of
+
+
+def test_connectivity_saves_its_middle_point_as_a_checkpoint(trained, tmp_path, capsys) -> None:
+    from robustlab.cli._sources import load_model
+    from robustlab.cli._target import load_dataset
+
+    middle = tmp_path / "middle.pt"
+    argv = [str(trained["run"]), "--what", "connectivity", "--n", "16", "--points", "3"]
+    argv += ["--with", str(trained["run"] / "checkpoints" / "best.pt"), "--order", "3"]
+    argv += ["--epochs", "2", "--lr", "0.1", "--objective", "natural", "--save-middle", str(middle)]
+    summary = _diagnose(capsys, *argv)["connectivity"]
+    assert summary["order"] == 3 and summary["epochs"] == 2 and summary["t"] == [0.0, 0.5, 1.0]
+    assert summary["objective"] == "natural" and summary["settings"]["lr"] == 0.1
+    assert summary["saved"] == {"middle checkpoint (t = 0.5)": str(middle)}
+    loaded = load_model(str(middle), "last", torch.device("cpu"))  # a robustlab checkpoint
+    dataset = load_dataset(loaded.config)
+    x, y = dataset.test_x[:16].float() / 255, dataset.test_y[:16]
+    if dataset.test_x.dtype != torch.uint8:
+        x = dataset.test_x[:16]
+    with torch.no_grad():
+        error = float((loaded.model(x).argmax(1) != y).float().mean())
+    assert error == summary["curve"]["test_nat_error"][1]  # the curve's point at t = 0.5

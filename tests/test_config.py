@@ -532,3 +532,25 @@ def test_described_default_is_a_valid_set_value(key: str, default: str) -> None:
     # the README's key table can be pasted into --set and means the default
     config = build_config(overrides=[f"{key}={default}"])
     assert config == build_config()
+
+
+def test_merge_tables_merges_nested_tables_and_changes_neither_argument():
+    """Config file over ``base`` (``build_config``) and a sweep's axes over its base: nested
+    tables merge key by key, any other value replaces, the inputs stay as they were."""
+    from types import MappingProxyType
+
+    from robustlab.config import merge_tables
+
+    base = {"model": {"name": "wrn", "width": 10}, "seed": 0}
+    update = {"model": MappingProxyType({"width": 2}), "seed": {"table": "now"}, "device": "cpu"}
+    merged = merge_tables(base, update)
+    assert merged == {
+        "model": {"name": "wrn", "width": 2},
+        "seed": {"table": "now"},
+        "device": "cpu",
+    }
+    assert base == {"model": {"name": "wrn", "width": 10}, "seed": 0}
+    # A read-only mapping as the base table merges too (a sweep's base may be any mapping).
+    assert merge_tables(MappingProxyType({"a": MappingProxyType({"b": 1})}), {"a": {"c": 2}}) == {
+        "a": {"b": 1, "c": 2}
+    }

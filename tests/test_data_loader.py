@@ -170,3 +170,31 @@ def test_fused_crop_flip_equals_crop_then_flip() -> None:
     generator = torch.Generator().manual_seed(3)
     composed = random_flip(random_crop(x, 4, generator), generator)
     assert torch.equal(fused, composed)
+
+
+def test_epoch_batches_gives_subclasses_length_seeding_and_finishing():
+    """The part the device loaders share (:class:`~robustlab.data.loader.EpochBatches`): a
+    subclass writes only ``epoch`` and gets ``len()``, ``iter()`` (epoch 0), an epoch generator
+    reproducible from ``(seed, epoch)`` and batches finished as float32 in [0, 1]."""
+    from robustlab.data.loader import EpochBatches
+
+    class Halves(EpochBatches):
+        def epoch(self, epoch=0):
+            generator = self.generator(epoch)
+            order = torch.randperm(len(self.labels), generator=generator)
+            for start in range(0, len(order), self.batch_size):
+                index = order[start : start + self.batch_size]
+                yield self.finish(self.images[index], self.labels[index], generator)
+
+    images = torch.arange(10 * 4, dtype=torch.uint8).view(10, 1, 2, 2) * 6
+    loader = Halves(images, torch.arange(10), 4, "none", seed=7)
+    assert len(loader) == 3
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [4, 4, 2]
+    x, y = batches[0]
+    assert x.dtype == torch.float32 and torch.equal(x, images[y].float() / 255)
+    again = [y for _, y in loader.epoch(0)]
+    assert all(torch.equal(a, b) for a, (_, b) in zip(again, batches, strict=True))
+    assert not all(
+        torch.equal(a, b) for (_, a), (_, b) in zip(loader.epoch(1), batches, strict=True)
+    )

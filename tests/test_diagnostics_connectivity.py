@@ -167,3 +167,46 @@ def test_readme_parameter_space_example_runs(tmp_path, monkeypatch, one_thread, 
     assert len(lines) == 4
     assert lines[2].startswith("[1.0, ")  # similarity 1 at a = 0
     assert (tmp_path / "connectivity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _trained_mlp(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+    """A small MLP trained to a low loss on (x, y) (full-batch SGD, 150 steps)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(150):
+        optimizer.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    return net.eval()
+
+
+def test_the_default_curve_bends_below_the_line(one_thread) -> None:
+    """Garipov et al.'s claim at the defaults (40 epochs, lr 0.03): between two minima the
+    trained curve's midpoint has a lower training loss than the line's."""
+    x, y = data(96, 3)
+    first, second = _trained_mlp(x, y, 0), _trained_mlp(x, y, 1)
+    result = connectivity(first, x, y, x[:16], y[:16], other=second, points=5, batch_size=32)
+    curve, line = result.curve["train_nat_loss"][2], result.line["train_nat_loss"][2]
+    ends = max(result.curve["train_nat_loss"][0], result.curve["train_nat_loss"][-1])
+    assert line > 2 * ends  # the line crosses a barrier between the two minima
+    # The curve goes around much of it (the former 10 epochs at lr 0.01: 0.99 of the line's).
+    assert curve < 0.75 * line, (curve, line)
+    assert result.epochs == 40 and len(result.train_losses) == 40
+
+
+def test_torchscript_models_give_the_eager_models_curve(one_thread) -> None:
+    x, y = data(48, 4)
+    first, second = _trained_mlp(x, y, 0), _trained_mlp(x, y, 1)
+    options = {"other": second, "epochs": 2, "points": 3, "batch_size": 16}
+    eager = connectivity(first, x, y, x[:8], y[:8], **options)
+    options["other"] = torch.jit.script(second)
+    scripted = connectivity(torch.jit.script(first), x, y, x[:8], y[:8], **options)
+    assert scripted.curve["train_nat_loss"] == pytest.approx(eager.curve["train_nat_loss"])
+
+
+def test_a_torchscript_model_with_batch_norm_is_refused_in_one_line() -> None:
+    x, y = data(8, 0)
+    scripted = torch.jit.script(bn_net())
+    with pytest.raises(ConfigError, match="TorchScript with batch norm"):
+        connectivity(scripted, x, y, x, y, other=torch.jit.script(bn_net(seed=1)))

@@ -135,3 +135,11 @@ def test_plot_writes_a_png(dims: int, tmp_path, one_thread) -> None:
     result = landscape(small_cnn(), x, y, dims=dims, points=3)
     path = plot_landscape(result, tmp_path / f"landscape{dims}.png")
     assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_torchscript_model_has_the_eager_models_surface(one_thread) -> None:
+    """torch.func refuses TorchScript modules; the moved weights reach them another way."""
+    model, (x, y) = small_cnn().eval(), points(12)
+    eager = landscape(model, x, y, dims=1, points=3, objective="natural")
+    scripted = landscape(torch.jit.script(model), x, y, dims=1, points=3, objective="natural")
+    assert torch.allclose(scripted.loss, eager.loss) and scripted.loss[0] != scripted.loss[1]

@@ -123,3 +123,15 @@ def test_readme_diagnostics_example_runs(one_thread, capsys) -> None:
     exec(compile(snippet, "README.md", "exec"), {})
     printed = capsys.readouterr().out.split()
     assert len(printed) == 4 and all(math.isfinite(float(value)) for value in printed)
+
+
+def test_split_figure_keys_results_by_split_and_gives_the_first():
+    """What every per-split plot starts from: one result as split ``""``, a mapping as it is,
+    its first result, and a figure with ``ncols`` axes."""
+    from robustlab.diagnostics._plot import split_figure
+
+    results, first, figure, axes = split_figure("only")
+    assert results == {"": "only"} and first == "only" and len(axes) == 1
+    results, first, figure, axes = split_figure({"train": 1, "test": 2}, ncols=2, size=(10, 4))
+    assert results == {"train": 1, "test": 2} and first == 1 and len(axes) == 2
+    assert tuple(figure.get_size_inches()) == (10, 4)

@@ -59,7 +59,7 @@ def _code_blocks(language: str) -> list[str]:
 
 
 def test_readme_error_examples_are_what_the_program_prints(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], one_thread
 ) -> None:
     monkeypatch.chdir(tmp_path)
     lines = README.splitlines()
@@ -69,6 +69,22 @@ def test_readme_error_examples_are_what_the_program_prints(
         if line.startswith("$ robustlab ") and ": error: " in expected  # the error examples
     ]
     assert len(examples) >= 2
+    # Some examples are checked against a run (the parameter count, a second architecture):
+    # train them as tiny as the messages allow (the MLP's width is what the messages name).
+    tiny = [
+        "--quiet",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.train_size=64",
+        "--set",
+        "eval.n=32",
+    ]
+    tiny += ["--set", "eval.n_train=0"]
+    needed = {"runs/digits-pgd": [], "runs/digits-narrow": ["--set", "model.width=16"]}
+    for run, extra in needed.items():
+        if any(run in command for command, _ in examples):
+            assert main(["train", *tiny, *extra, "--out", run]) == 0
     for command, expected in examples:
         capsys.readouterr()
         code = main(shlex.split(command)[1:])

@@ -181,3 +181,32 @@ def test_wrn_dropout_is_active_in_training_only() -> None:
     assert not torch.equal(model(x), model(x))
     model.eval()
     assert torch.equal(model(x), model(x))
+
+
+def test_init_weights_follows_the_reference_codes():
+    """BN at identity in every family that uses :func:`init_weights`; WRN and DenseNet zero the
+    FC bias (TRADES/Madry, the DenseNet Torch code), the bottleneck WRN keeps torchvision's
+    default; its ``init`` option picks Xavier uniform or He-normal over fan-out."""
+    from robustlab.models._base import CONV_INITS, init_weights
+
+    torch.manual_seed(0)
+    built = {
+        "wrn": create_model("wrn", 10, 3, 8, width=1, depth=16),
+        "densenet_bc": create_model("densenet_bc", 10, 3, 8, width=4, depth=22),
+        "xavier": create_model("wrn_bottleneck", 10, 3, 8, width=1, depth=50, base_channels=4),
+        "kaiming": create_model(
+            "wrn_bottleneck", 10, 3, 8, width=1, depth=50, base_channels=4, init="kaiming"
+        ),
+    }
+    for name, model in built.items():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                assert torch.all(m.weight == 1) and torch.all(m.bias == 0), name
+            if isinstance(m, nn.Linear):
+                assert torch.all(m.bias == 0) == (name in ("wrn", "densenet_bc")), name
+    assert set(CONV_INITS) == {"xavier", "kaiming"}
+    conv = nn.Conv2d(64, 64, 3)  # fan-in = fan-out = 576: Xavier std 1/24, He std 1/17
+    init_weights(conv, "xavier")
+    assert float(conv.weight.detach().std()) == pytest.approx((2 / 1152) ** 0.5, rel=0.05)
+    init_weights(conv, "kaiming")
+    assert float(conv.weight.detach().std()) == pytest.approx((2 / 576) ** 0.5, rel=0.05)

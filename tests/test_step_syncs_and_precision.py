@@ -157,6 +157,8 @@ def test_cuda_runs_benchmark_cudnn_and_cpu_runs_leave_it(monkeypatch, fast_run) 
     finally:
         torch.backends.cudnn.benchmark = previous
     seen: list[torch.device] = []
-    monkeypatch.setattr(runner, "configure_backends", seen.append)
+    monkeypatch.setattr(
+        runner, "configure_backends", lambda device, deterministic: seen.append(device)
+    )
     runner.prepare(build_config(None, fast_run))
     assert seen == [torch.device("cpu")]

@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -121,35 +122,47 @@ def _epochs_done(run_dir: Path) -> int:
     return len(metrics.read_text().splitlines()) if metrics.exists() else 0
 
 
+@contextlib.contextmanager
+def _sweep_process(cwd: Path, *args: str, capture: bool = False) -> Iterator[subprocess.Popen]:
+    """``python -m robustlab sweep spec.toml --out out --store db.sqlite ARGS`` in ``cwd``, one
+    thread per process, in its own session: a process group of the sweep and its workers. On
+    leaving, the group is killed (SIGKILL) if the sweep still runs, and any worker left after it.
+    ``capture``: stdout and stderr as text pipes (else discarded)."""
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "robustlab", "sweep", "spec.toml", "--out", "out",
+         "--store", "db.sqlite", *args],
+        cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=output, stderr=output,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield sweep
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)  # any worker left
+
+
+def _wait_until(
+    condition: Callable[[], bool], deadline: float, sweep: subprocess.Popen | None = None
+) -> None:
+    """Poll ``condition`` every 50 ms; fail once ``deadline`` (monotonic) passes first, or the
+    sweep, when given, ends first."""
+    while not condition():
+        assert time.monotonic() < deadline and (sweep is None or sweep.poll() is None)
+        time.sleep(0.05)
+
+
 def test_sigkill_mid_sweep_then_restart_completes_every_run_exactly_once(tmp_path, capsys):
     """The acceptance test of issue 12 (local part): 2 x 2 x 2 tiny sweep, --workers 2, the
     sweep's process group killed with SIGKILL while runs train, restarted: every run finished
     once, no duplicate or missing rows, and the table equals direct store queries."""
     (tmp_path / "spec.toml").write_text(SPEC)
     root = tmp_path / "out" / "acc"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    sweep = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "robustlab",
-            "sweep",
-            "spec.toml",
-            "--workers",
-            "2",
-            "--out",
-            "out",
-            "--store",
-            "db.sqlite",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the sweep and its workers
-    )
-    deadline = time.monotonic() + 300
-    try:
+    with _sweep_process(tmp_path, "--workers", "2") as sweep:
+        deadline = time.monotonic() + 300
         # Kill once a run is finished and another is between its first and last epoch.
         while time.monotonic() < deadline and sweep.poll() is None:
             states = _states(root) if root.exists() else {}
@@ -164,10 +177,6 @@ def test_sigkill_mid_sweep_then_restart_completes_every_run_exactly_once(tmp_pat
             time.sleep(0.05)
         assert sweep.poll() is None, "the sweep ended before it could be killed mid-way"
         os.killpg(sweep.pid, signal.SIGKILL)
-    finally:
-        if sweep.poll() is None:
-            os.killpg(sweep.pid, signal.SIGKILL)
-        sweep.wait()
     before = {name: info(root / name) for name in _states(root)}
     finished_before = {n for n, i in before.items() if i["status"] == "finished"}
     unfinished = {n for n, i in before.items() if i["status"] != "finished"}
@@ -332,43 +341,16 @@ def test_workers_of_a_killed_sweep_mark_their_runs_interrupted(tmp_path):
         '"attack.steps" = 1\n"eval.steps" = 1\n"device" = "cpu"\n'
     )
     run_dir = tmp_path / "out" / "orphan" / "s0"
-    sweep = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "robustlab",
-            "sweep",
-            "spec.toml",
-            "--out",
-            "out",
-            "--store",
-            "db.sqlite",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    with _sweep_process(tmp_path) as sweep:
         deadline = time.monotonic() + 300
-        while _epochs_done(run_dir) < 1:
-            assert time.monotonic() < deadline and sweep.poll() is None
-            time.sleep(0.05)
+        _wait_until(lambda: _epochs_done(run_dir) >= 1, deadline, sweep)
         worker = info(run_dir)["pid"]
         sweep.kill()  # SIGKILL, the sweep process only
         sweep.wait()
-        while info(run_dir)["status"] == "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        _wait_until(lambda: info(run_dir)["status"] != "running", deadline)
         recorded = info(run_dir)
         assert recorded["status"] == "interrupted" and recorded["signal"] == "SIGTERM"
         assert recorded["pid"] == worker
-    finally:
-        if sweep.poll() is None:
-            os.killpg(sweep.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(sweep.pid, signal.SIGKILL)  # any worker left
 
 
 @pytest.mark.slow  # ~30-70 s on 2 shared cores; the SIGKILL test above resumes killed workers too
@@ -381,38 +363,10 @@ def test_a_worker_killed_mid_run_is_resumed_by_the_next_sweep(tmp_path, capsys):
         '"device" = "cpu"\n[axes]\n"model.width" = [4, 8]\n'
     )
     victim = tmp_path / "out" / "k" / "w4-s0"
-    sweep = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "robustlab",
-            "sweep",
-            "spec.toml",
-            "--workers",
-            "2",
-            "--out",
-            "out",
-            "--store",
-            "db.sqlite",
-            "--json",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while _epochs_done(victim) < 2:
-            assert time.monotonic() < deadline and sweep.poll() is None
-            time.sleep(0.05)
+    with _sweep_process(tmp_path, "--workers", "2", "--json", capture=True) as sweep:
+        _wait_until(lambda: _epochs_done(victim) >= 2, time.monotonic() + 300, sweep)
         os.kill(info(victim)["pid"], signal.SIGKILL)
         out, err = sweep.communicate(timeout=300)
-    finally:
-        if sweep.poll() is None:
-            os.killpg(sweep.pid, signal.SIGKILL)
     assert sweep.returncode == 1, err
     assert json.loads(out)["counts"] == {
         "done": 1, "running": 0, "interrupted": 1, "failed": 0, "pending": 0

@@ -33,6 +33,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 Check = tuple[Callable[[Any], bool], str]
 
 DEVICES = ("auto", "cpu", "cuda")
+FLOAT32_TINY = 2.0**-126  # float32's smallest normal number (torch.finfo(torch.float32).tiny)
 NORMS = ("Linf", "L2")
 BN_MODES = ("auto", "eval", "train")
 STABILITY_LABELS = ("predicted", "true")
@@ -295,6 +296,36 @@ class TrainConfig:
         "",
         "start from another run's weights only (a checkpoint file, or a run directory: its last.pt; same architecture; a run records it absolute; empty: fresh)",
     )
+    deterministic: bool = key(
+        False,
+        "bit-reproducible CUDA runs: cuDNN deterministic, no cuDNN benchmark, torch.use_deterministic_algorithms (slower; some ops raise; see README 'Reliability'); CPU runs are reproducible either way",
+    )
+    max_grad_norm: float | None = key(
+        None,
+        "clip the global L2 norm of the gradient to this, after fp16 unscaling (unset or 0: off)",
+        NON_NEGATIVE,
+    )
+    grad_norm_limit: float | None = key(
+        None,
+        "a step whose gradient norm (before clipping) exceeds this is a fault, like a NaN loss: see on_nan (unset: off)",
+        POSITIVE,
+    )
+    on_nan: str = key(
+        "stop",
+        "on a NaN or inf loss or a gradient norm above grad_norm_limit (checked at each epoch's end, before its checkpoint): stop (run failed, exit 3, last good checkpoint kept) or rollback (reload the previous epoch, LR x nan_lr_factor)",
+        choices=("stop", "rollback"),
+    )
+    nan_lr_factor: float = key(
+        0.5, "rollback: the LR is multiplied by this at each rollback", OPEN_FRACTION
+    )
+    nan_max_rollbacks: int = key(
+        3, "rollback: at most this many rollbacks, then stop", NON_NEGATIVE
+    )
+    loggers: list[str] = key(
+        [],
+        "live logging of every per-epoch metric (and train.track_every's records) while training: tensorboard (RUN/tensorboard), wandb (RUN/wandb; WANDB_MODE=offline honoured); empty: none",
+        choices="loggers",
+    )
 
 
 @dataclass
@@ -303,6 +334,11 @@ class RunConfig:
 
     seed: int = key(0, "seed for initialization, shuffling, augmentation and attacks")
     device: str = key("auto", "auto (cuda if available), cpu or cuda", choices=DEVICES)
+    threads: int = key(
+        0,
+        "CPU threads of torch (0: auto, one thread for small models and every core for large ones, by the FLOPs of a training batch; README: CPU speed)",
+        NON_NEGATIVE,
+    )
     tag: str = key("", "free-form label stored with the run (for sweeps and reports)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -393,18 +429,21 @@ def build_config(
     """
     tree: dict[str, Any] = _deep_copy(base or {})
     if file is not None:
-        tree = _merge(tree, load_toml(file))
+        tree = merge_tables(tree, load_toml(file))
     tree = apply_overrides(tree, overrides)
     config = from_dict(tree)
     validate(config)
     return resolve(config)
 
 
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+def merge_tables(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it, table by table (nested mappings merge, any other
+    value replaces); neither argument is changed. A config file over ``base``, a sweep's
+    ``[base]`` and axes over its base file."""
     merged = dict(base)
     for name, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(name), dict):
-            merged[name] = _merge(merged[name], value)
+        if isinstance(value, Mapping) and isinstance(merged.get(name), Mapping):
+            merged[name] = merge_tables(merged[name], value)
         else:
             merged[name] = value
     return merged
@@ -619,6 +658,7 @@ _REGISTRY_NAMES: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
     "optimizers": (".training.optim", lambda m: m.OPTIMIZERS.names()),
     "attack_losses": (".attacks.functional", lambda m: m.LOSSES.names()),
     "selection_metrics": (".training.runner", lambda m: list(m.SELECTION_RULES)),
+    "loggers": (".training.loggers", lambda m: m.list_loggers()),
 }
 
 
@@ -661,14 +701,32 @@ def validate(config: RunConfig) -> None:
         choices = f.metadata.get("choices")
         if choices is not None and value is not None:
             names = _registry_names(choices) if isinstance(choices, str) else list(choices)
-            if value not in names:
-                raise UnknownNameError(dotted, value, names)
+            for item in value if isinstance(value, list) else [value]:  # train.loggers: a list
+                if item not in names:
+                    raise UnknownNameError(dotted, item, names)
     for dotted in ("attack", "eval"):
         norm = config.get(f"{dotted}.norm") or config.attack.norm
         eps = config.get(f"{dotted}.eps")
+        # An unset eval.eps takes attack.eps, under eval.norm: an L2 training budget > 1 with
+        # eval.norm = "Linf" is refused here, not after resolve() (found by the config
+        # round-trip property test: such a config saved and read back was refused).
+        inherited = eps is None and dotted == "eval"
+        if inherited:
+            eps = config.attack.eps
         if eps is not None and norm == "Linf" and eps > 1:
             raise ConfigError(
-                f"{dotted}.eps", eps, "must be in [0, 1] for Linf on images in [0, 1]"
+                f"{dotted}.eps",
+                eps,
+                "must be in [0, 1] for Linf on images in [0, 1]"
+                + ("; unset, it takes attack.eps: set eval.eps" if inherited else ""),
+            )
+        if eps is not None and 0 < eps < FLOAT32_TINY:
+            # Found by the config round-trip property test: a subnormal budget's step
+            # (2.5 * eps / steps) underflows to 0, and the saved config no longer read back.
+            raise ConfigError(
+                f"{dotted}.eps",
+                eps,
+                f"0, or >= {FLOAT32_TINY:.4g} (smaller budgets move no float32 pixel)",
             )
         # A step of 0 is what the step rule resolves a budget of 0 to (a clean run's saved
         # config must read back); with a budget > 0 it is a mistake.
@@ -692,6 +750,17 @@ def validate(config: RunConfig) -> None:
                     f"epochs in [0, train.epochs={config.train.epochs}]",
                 )
     validate_schedules(config)
+    if config.train.loggers:  # a missing optional package, before the run starts
+        from .training.loggers import check_loggers
+
+        check_loggers(config.train.loggers)
+    clip, limit = config.train.max_grad_norm, config.train.grad_norm_limit
+    if clip and limit is not None and limit <= clip:
+        raise ConfigError(
+            "train.grad_norm_limit",
+            limit,
+            f"must be > train.max_grad_norm={clip} (the guard sees the norm before clipping)",
+        )
     train_size = config.data.train_size
     if isinstance(train_size, float) and train_size >= 1:
         raise ConfigError(

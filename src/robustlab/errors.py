@@ -54,6 +54,24 @@ class RunError(RobustlabError):
     """A run directory or store entry is missing or in a state the command cannot use."""
 
 
+class RunFailed(RobustlabError):
+    """A run stopped by a fault that is not a typo: a full disk, a NaN loss, an exploding
+    gradient. The CLI prints it as one line like any :class:`RobustlabError`, with exit code 3
+    (not 2), so a script can tell "fix the command" from "look at the run"."""
+
+    exit_code = 3
+
+
+class DiskFullError(RunFailed, OSError):
+    """A write failed for lack of space (ENOSPC, EDQUOT, SQLite's "database or disk is full");
+    the message names the file. What was written before is intact (atomic writes)."""
+
+
+class NumericalFaultError(RunFailed):
+    """Training produced a NaN or infinite loss, or a gradient norm above
+    ``train.grad_norm_limit`` (after any ``train.on_nan = "rollback"`` attempts)."""
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     """The closest candidate to ``word``, if any is close enough to be a plausible typo."""
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)

@@ -10,6 +10,7 @@
   iterations.jsonl   with train.track_every: one JSON object per recorded iteration
   checkpoints/
     last.pt          after every epoch: model, optimizer, step, RNG states, history, config
+    last.prev.pt     the last checkpoint before (a damaged last.pt falls back to it)
     best.pt          the epoch with the best validation robust accuracy
     epoch-N.pt       with train.save_epochs: the model at the end of epoch N
 ```
@@ -120,8 +121,17 @@ class RunDirectory:
     @staticmethod
     def check_free(path: Path) -> None:
         """Raise :class:`RunError` if ``path`` already holds a run, or cannot be a directory
-        (a file is there or in the way, or its parent is not writable); writes nothing."""
-        if (path / "config.toml").exists() or (path / "run.json").exists():
+        (a file is there or in the way, or its parent is not writable); writes nothing.
+
+        A run killed while :meth:`create` wrote it (an empty ``checkpoints/`` and
+        ``config.toml``, no ``run.json`` yet) holds nothing to resume: the same command
+        creates it again."""
+        half_made = (
+            not (path / "run.json").exists()
+            and (path / "checkpoints").is_dir()
+            and not any((path / "checkpoints").iterdir())
+        )
+        if not half_made and ((path / "config.toml").exists() or (path / "run.json").exists()):
             raise RunError(
                 f"--out {str(path)!r} already holds a run; resume it with --resume {path} or pick another directory"
             )
@@ -182,7 +192,7 @@ class RunDirectory:
                 leftover.unlink(missing_ok=True)
 
     def append_metrics(self, metrics: dict[str, Any]) -> None:
-        append_line(self.metrics_file, json.dumps(metrics))
+        append_line(self.metrics_file, json.dumps(metrics), fault_point="metrics-write")
 
     def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:
         """Replace ``metrics.jsonl`` with exactly ``history`` (used on resume)."""

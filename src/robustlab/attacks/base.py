@@ -83,6 +83,11 @@ class Attack(ABC):
         self.info: dict[str, Any] = {}
         if self.check_inputs:
             _check_inputs(x, y)
+        y = y.long()  # any integer dtype is accepted; the losses take int64 targets
+        if x.shape[0] == 0:
+            # An empty batch (the cascade's last, all points fooled already) has nothing to
+            # perturb: returned as is, as torch's layers accept empty batches.
+            return x.detach().clone()
         attacked = _FirstOutputCheck(model, x.shape[0], y) if self.check_inputs else model
         with model_mode(model, self.model_mode):
             x_adv = self.perturb(attacked, x.detach(), y.detach())
@@ -106,6 +111,8 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
         raise AttackInputError(f"images must be floating point in [0, 1], got dtype {x.dtype}")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise AttackInputError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    if x.numel() == 0:
+        return  # nothing to check (aminmax has no identity over an empty tensor)
     low, high = torch.aminmax(x)
     # One sync; attacks are defined on the image box only. Written so that NaN fails too.
     if not (low >= 0 and high <= 1):

@@ -164,7 +164,10 @@ def l2_step(grad: torch.Tensor, alpha: float) -> torch.Tensor:
 def l2_project(delta: torch.Tensor, eps: float) -> torch.Tensor:
     """Projection onto the L2 ball: rescale perturbations longer than eps."""
     norms = _per_example_norm(delta, 2)
-    return delta * (eps / norms.clamp_min(1e-12)).clamp(max=1.0)
+    # Points inside the ball stay exactly where they are, however short (a clamp of the norm
+    # alone would shrink perturbations shorter than the clamp when eps is tinier still).
+    tiny = torch.finfo(norms.dtype).tiny
+    return delta * torch.where(norms > eps, eps / norms.clamp_min(tiny), 1.0)
 
 
 def l2_norm(delta: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,25 @@ def add_set_argument(
     )
 
 
+def add_threads_argument(parser: Any, what: str = "") -> None:
+    """``--threads N``: torch's CPU threads (0: auto, by the model's size; README: CPU speed)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help=f"CPU threads of torch{what} (0: auto, one for small models, every core for large ones)",
+    )
+
+
+def checked_threads(value: int | None, flag: str = "--threads") -> int | None:
+    """``--threads`` as given (None: not given); a negative count is a :class:`ConfigError`."""
+    from ..errors import ConfigError
+
+    if value is not None and value < 0:
+        raise ConfigError(flag, value, "a thread count >= 0 (0: auto, by the model's size)")
+    return value
+
+
 def add_store_argument(parser: Any, of_run: bool = False) -> None:
     """``--store DB``. With ``of_run`` (commands given an existing run: ``eval RUN``,
     ``train --resume RUN``) it is unset by default, so that :func:`store_for` picks the store

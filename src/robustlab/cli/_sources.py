@@ -46,6 +46,7 @@ class LoadedModel:
         run_dir: the run directory, when there is one.
         epoch: the checkpoint's epoch, when known.
         normalizes: whether the model normalizes its inputs itself (``--mean/--std`` then refused).
+        input_shape: one input's (C, H, W), when a checkpoint records it (for ``--threads 0``).
     """
 
     model: nn.Module
@@ -54,6 +55,7 @@ class LoadedModel:
     run_dir: RunDirectory | None = None
     epoch: int | None = None
     normalizes: bool = False
+    input_shape: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,16 @@ def _load_run(
         run,
         state["epoch"],
         normalizes=True,
+        input_shape=_input_shape(state),
     )
+
+
+def _input_shape(state: dict[str, Any]) -> tuple[int, int, int] | None:
+    """One input's (C, H, W) from a checkpoint's model spec."""
+    spec = state.get("model_spec") or {}
+    if spec.get("in_channels") is None or spec.get("image_size") is None:
+        return None
+    return (int(spec["in_channels"]), int(spec["image_size"]), int(spec["image_size"]))
 
 
 def _load_checkpoint(
@@ -103,7 +114,15 @@ def _load_checkpoint(
     run_dir = (
         RunDirectory(path.parent.parent) if (path.parent.parent / "run.json").is_file() else None
     )
-    return LoadedModel(model, str(ref), config, run_dir, state.get("epoch"), normalizes=True)
+    return LoadedModel(
+        model,
+        str(ref),
+        config,
+        run_dir,
+        state.get("epoch"),
+        normalizes=True,
+        input_shape=_input_shape(state),
+    )
 
 
 def _is_torchscript(ref: str) -> bool:

@@ -17,11 +17,13 @@ import torch
 
 from .._fraction import parse_number
 from .._options import accepted_options
+from .._threads import available_cores, resolve_threads, set_threads
 from ..attacks import ATTACKS, Attack, create_attack
 from ..config import NORMS, RunConfig, build_config, default_alpha
 from ..data import ImageDataset
 from ..errors import ConfigError
 from ..training.runner import load_data
+from ._common import add_threads_argument, checked_threads
 from ._sources import LoadedModel, load_model, parse_model_args, with_normalization
 
 # Command-line options that set attack constructor arguments: each flag sets the keyword of the
@@ -62,6 +64,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--std", help="per-channel std, with --mean")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_threads_argument(parser)
 
 
 def add_attack_arguments(
@@ -93,6 +96,25 @@ def add_attack_arguments(
     )
 
 
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--batch-size`` (default: the run's ``eval.batch_size``) and ``--seed``."""
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="batch size (default: the run's eval.batch_size, else 500)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' randomness")
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """``--n`` and ``--batch-size``, when given, must be > 0 (one line otherwise)."""
+    for flag in ("n", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')}", value, "must be > 0")
+
+
 def number(flag: str, text: str) -> float:
     """``"8/255"`` -> 0.0314 for the option ``flag``; a one-line :class:`ConfigError` otherwise."""
     try:
@@ -112,11 +134,28 @@ def floats(flag: str, text: str | None) -> list[float] | None:
 
 def load_target(args: argparse.Namespace, device: torch.device) -> LoadedModel:
     """The model named on the command line, with ``--model-arg``, ``--checkpoint`` and the
-    ``--mean``/``--std`` normalization applied."""
-    return with_normalization(
+    ``--mean``/``--std`` normalization applied; torch's CPU threads set from ``--threads``."""
+    threads = checked_threads(getattr(args, "threads", None))
+    loaded = with_normalization(
         load_model(args.model, args.checkpoint, device, parse_model_args(args.model_args)),
         floats("--mean", args.mean),
         floats("--std", args.std),
+    )
+    set_target_threads(loaded, threads, getattr(args, "batch_size", None), device)
+    return loaded
+
+
+def set_target_threads(
+    loaded: LoadedModel, threads: int | None, batch_size: int | None, device: torch.device
+) -> int:
+    """``--threads``: given, that count; 0 or not given, the rule of a training run
+    (:mod:`robustlab._threads`) on the evaluation batch, when the checkpoint records the input
+    shape (a TorchScript or ``module:function`` model keeps torch's default, every core)."""
+    if threads or loaded.input_shape is None:
+        return set_threads(threads or available_cores())
+    batch = batch_size or (loaded.config.eval.batch_size if loaded.config is not None else 500)
+    return set_threads(
+        resolve_threads(0, loaded.model, loaded.input_shape, batch, torch.device(device).type)
     )
 
 

@@ -1,5 +1,6 @@
 """``robustlab diagnose MODEL --what NAME[,NAME...] [--split train|test|both] [--eps LIST] [--n N]
-[--json] [--out DIR]``
+[--json] [--out DIR]`` (and the parameter-space measurements' flags: ``--k``, ``--objective``,
+``--directions``, ``--points``, ``--a``, ``--with``, ``--order``, ``--save-middle``, ...)
 
 Runs measurements of :mod:`robustlab.diagnostics` (margins, spectra, gaps, ...) on a run, a
 checkpoint, a TorchScript file or ``module:function`` (as ``eval`` takes them), records each in
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import io
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,10 +31,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._io import atomic_write_bytes
 from .._options import accepted_options
 from ..attacks import Attack
-from ..diagnostics import DIAGNOSTICS, create_diagnostic, list_diagnostics
+from ..diagnostics import DIAGNOSTICS, DIRECTIONS, SOLVERS, create_diagnostic, list_diagnostics
 from ..diagnostics import plot as plot_diagnostic
+from ..diagnostics.connectivity import (
+    ORDERS,
+    check_batch_norm,
+    check_path,
+    check_same_architecture,
+)
+from ..diagnostics.hessian import check_k, parameter_count
 from ..errors import ConfigError, RunError, UnknownNameError
 from ..evaluation import STABILITY_LABELS
 from ..progress import Progress
@@ -39,15 +50,17 @@ from ..report import attack_settings, format_eps, format_value, render_table
 from ..report.labels import attack_label
 from ..store import ResultsStore
 from ..store.sqlite import check_store_location
-from ..training.checkpoint import seed_everything
-from ..training.runner import resolve_device
+from ..training.checkpoint import save_checkpoint, seed_everything
+from ..training.runner import model_spec_for, resolve_device
 from ._common import _clean, add_store_argument, emit_json, info, register_command, store_for
 from ._sources import LoadedModel, check_fits
 from ._target import (
     add_attack_arguments,
+    add_batch_arguments,
     add_model_arguments,
     build_attacks,
     check_budget,
+    check_counts,
     data_config,
     load_dataset,
     load_target,
@@ -60,7 +73,7 @@ SPLITS = {"train": ("train",), "test": ("test",), "both": ("train", "test")}
 # PGD's steps for a model from outside a run (a run's model gets its own eval.steps).
 OUTSIDE_RUN_PGD_STEPS = 20
 # Options that change how a measurement runs, not what it measures: left out of the store's key.
-EXECUTION_OPTIONS = ("batch_size",)
+EXECUTION_OPTIONS = ("batch_size", "eval_batch_size")
 # Top-level keys of the --json object besides the measurements' names.
 RESERVED_KEYS = ("run_id", "source", "data", "epoch", "seed", "out", "store", "plots", "ids")
 
@@ -91,6 +104,12 @@ class Settings:
         self.steps = args.steps or (ev.steps if ev else OUTSIDE_RUN_PGD_STEPS)
         self.restarts = args.restarts or (ev.restarts if ev else 1)
         self.given_steps = args.steps
+        # The parameter-space measurements' settings (None: the measurement's default).
+        for flag in MEASUREMENT_FLAGS:
+            text = getattr(args, flag.dest)
+            setattr(self, flag.dest, None if text is None else flag.parse(flag.flag, text))
+        # The dataset, once read (a saved checkpoint records the model built for it).
+        self.dataset: Any = None
 
     @cached_property
     def eps(self) -> float:
@@ -126,12 +145,28 @@ class DiagnoseSpec:
         cascade: with an attack, whether it takes several (``--attack a,b``) as a cascade.
         table: renders the summaries as text: ``{split: summary}`` for ``points`` measurements,
             one summary otherwise.
+        attack_when: for a measurement registered with an attack, whether these settings want
+            it (default: always); the natural loss needs none, so no ``--eps`` either.
+        check: checks the options against the model before any data is read (a
+            :class:`ConfigError` naming one of the measurement's keywords, which the command
+            reports under its flag).
+        save: writes what the measurement makes besides its figure, once every measurement
+            has run; returns ``{what: path}``, kept in its summary under ``saved``.
+        settings: further :class:`Settings` attributes it reads (those of ``save``).
     """
 
     options: Mapping[str, str] = field(default_factory=dict)
     eps: str | None = None
     cascade: bool = False
     table: Callable[[Any], str] | None = None
+    attack_when: Callable[[Settings], bool] | None = None
+    check: Callable[[nn.Module, Mapping[str, Any]], None] | None = None
+    save: Callable[[Any, Settings], dict[str, str]] | None = None
+    settings: tuple[str, ...] = ()
+
+    def reads(self) -> set[str]:
+        """The :class:`Settings` attributes that reach the measurement."""
+        return set(self.options.values()) | set(self.settings)
 
 
 def _stability_table(by_split: Mapping[str, Mapping[str, Any]]) -> str:
@@ -249,6 +284,391 @@ def _spectra_table(s: Mapping[str, Any]) -> str:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# The parameter-space measurements' settings (hessian, landscape, perturbation_similarity,
+# connectivity): one flag each, named after the keyword it fills, as --steps fills steps.
+
+
+def _count(low: int, why: str | None = None) -> Callable[[str, str], int]:
+    """A parser of a whole number >= ``low`` (``why`` says what a smaller one would mean)."""
+
+    def parse(flag: str, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(flag, text, "expected a whole number") from None
+        if value < low:
+            raise ConfigError(flag, value, why or f"must be >= {low}")
+        return value
+
+    return parse
+
+
+def _choice(names: Callable[[], list[str]] | tuple[Any, ...]) -> Callable[[str, str], Any]:
+    """A parser of one of ``names`` (a registry's, read when parsing), as their type."""
+
+    def parse(flag: str, text: str) -> Any:
+        valid = list(names() if callable(names) else names)
+        for name in valid:
+            if str(name) == text:
+                return name
+        if all(isinstance(name, int) for name in valid):
+            raise ConfigError(flag, text, f"one of {', '.join(str(name) for name in valid)}")
+        raise UnknownNameError(flag, text, [str(name) for name in valid])
+
+    return parse
+
+
+def _positive(flag: str, text: str) -> float:
+    value = number(flag, text)
+    if not 0 < value < float("inf"):
+        raise ConfigError(flag, text, "must be a finite number > 0")
+    return value
+
+
+def _radius(flag: str, text: str) -> float:
+    value = number(flag, text)
+    if not 0 <= value < float("inf"):
+        raise ConfigError(flag, text, "must be a finite number >= 0")
+    return value
+
+
+def _grid(flag: str, text: str) -> list[float]:
+    """``"0,0.1,1/2"`` -> ``[0.0, 0.1, 0.5]``; an empty list is a grid with no points."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ConfigError(flag, text, "a grid with no points; give values, e.g. 0,0.1,0.5")
+    return [number(flag, part) for part in parts]
+
+
+def _output_file(flag: str, text: str) -> str:
+    """An absolute path a file can be written at (checked now; written after the work)."""
+    path = Path(text).resolve()
+    if path.is_dir():
+        raise ConfigError(flag, text, "is a directory; give a file, e.g. middle.pt")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(flag, text, f"cannot create it, {str(parent)!r} is a file")
+            break
+    return str(path)
+
+
+@dataclass(frozen=True)
+class MeasurementFlag:
+    """A command-line option that fills the :class:`Settings` attribute ``dest`` (routed to
+    measurements' keywords by their :class:`DiagnoseSpec`); ``parse(flag, text)`` checks it."""
+
+    flag: str
+    dest: str
+    metavar: str
+    help: str
+    parse: Callable[[str, str], Any]
+
+
+OBJECTIVE_CHOICES = ("natural", "adversarial")
+
+MEASUREMENT_FLAGS = (
+    MeasurementFlag(
+        "--k", "k", "K",
+        "hessian: the top K eigenpairs, by magnitude (1 to the number of parameters; "
+        "default 20, Liu et al. Fig. 2)",
+        _count(1),
+    ),
+    MeasurementFlag(
+        "--solver", "solver", "NAME",
+        "hessian: lanczos (default; full reorthogonalization) or power (PyHessian's power "
+        "iteration with deflation)",
+        _choice(SOLVERS.names),
+    ),
+    MeasurementFlag(
+        "--objective", "objective", "NAME",
+        "hessian, landscape, connectivity: the loss, natural or adversarial (default: "
+        "adversarial, under --attack; natural needs no attack and no --eps, except connectivity's "
+        "robust errors)",
+        _choice(OBJECTIVE_CHOICES),
+    ),
+    MeasurementFlag(
+        "--trace-samples", "trace_samples", "N",
+        "hessian: Hutchinson samples of the trace (default 0: no trace; PyHessian: up to 100)",
+        _count(0),
+    ),
+    MeasurementFlag(
+        "--density-runs", "density_runs", "R",
+        "hessian: stochastic Lanczos quadrature runs for the eigenvalue density (default 0: "
+        "none; PyHessian: 1)",
+        _count(0),
+    ),
+    MeasurementFlag(
+        "--density-steps", "density_steps", "M",
+        "hessian: Lanczos steps per density run (default 100)",
+        _count(1),
+    ),
+    MeasurementFlag(
+        "--normalize-samples", "normalize_samples", "S",
+        "hessian: random parameters θ + a·d whose mean loss the eigenvalues are divided by "
+        "(Liu et al. §4.2: 10; default 0: not normalized)",
+        _count(0),
+    ),
+    MeasurementFlag(
+        "--normalize-radius", "normalize_radius", "A",
+        "hessian: a, the distance of those samples along filter-normalized d (default 1)",
+        _radius,
+    ),
+    MeasurementFlag(
+        "--directions", "directions", "NAME",
+        "landscape: random (filter-normalized, Li et al.; default) or hessian (the top "
+        "eigenvectors, Liu et al. Fig. 12)",
+        _choice(DIRECTIONS.names),
+    ),
+    MeasurementFlag(
+        "--dims", "dims", "1|2",
+        "landscape: a line (1) or a surface (2, default)",
+        _choice((1, 2)),
+    ),
+    MeasurementFlag(
+        "--points", "points", "N",
+        "landscape: grid values per axis (default 11; odd puts θ in the middle); "
+        "connectivity: values of t (default 61, Garipov et al.)",
+        _count(1, "a grid with no points; give at least 1"),
+    ),
+    MeasurementFlag(
+        "--radius", "radius", "R",
+        "landscape: the grid spans [-R, R] along each direction (default 1)",
+        _radius,
+    ),
+    MeasurementFlag(
+        "--a", "a", "LIST",
+        "perturbation_similarity: the steps a along each direction, joined by commas "
+        "(default 0,0.05,0.1,0.2,0.5,1)",
+        _grid,
+    ),
+    MeasurementFlag(
+        "--random-directions", "random_directions", "N",
+        "perturbation_similarity: random unit directions besides the top eigenvector (default 1)",
+        _count(0),
+    ),
+    MeasurementFlag(
+        "--repeats", "repeats", "N",
+        "perturbation_similarity: attack seeds per step (default 1; Liu et al.: 4)",
+        _count(1),
+    ),
+    MeasurementFlag(
+        "--order", "order", "N",
+        "connectivity: the Bezier curve's degree, 2 (quadratic, default), 3 or 4",
+        _choice(ORDERS),
+    ),
+    MeasurementFlag(
+        "--epochs", "epochs", "N",
+        "connectivity: epochs training the curve (default 40)",
+        _count(0),
+    ),
+    MeasurementFlag(
+        "--lr", "lr", "LR",
+        "connectivity: the curve's SGD learning rate (default 0.03, Garipov et al.'s for ResNets)",
+        _positive,
+    ),
+    MeasurementFlag(
+        "--save-middle", "save_middle", "PATH",
+        "connectivity: save the curve's point at t = 0.5 there, as a checkpoint (a run's "
+        "model: a robustlab checkpoint, for eval, diagnose or train.init_from; else a "
+        "state_dict)",
+        _output_file,
+    ),
+)  # fmt: skip
+
+# The command line's name of each Settings attribute, for the errors of measurements' options.
+SETTING_FLAGS = {
+    "eps": "--eps",
+    "eps_values": "--eps",
+    "norm": "--norm",
+    "steps": "--steps",
+    "given_steps": "--steps",
+    "restarts": "--restarts",
+    "batch_size": "--batch-size",
+    "stability_labels": "--stability-labels",
+    "seed": "--seed",
+    **{flag.dest: flag.flag for flag in MEASUREMENT_FLAGS},
+}
+
+
+def _hessian_table(by_split: Mapping[str, Mapping[str, Any]]) -> str:
+    """The eigenvalues by rank (a column per split, normalized ones beside), then a line per
+    split: the loss, the solver's work, and the trace and density when estimated."""
+    splits = list(by_split)
+    normalized = [s for s in splits if by_split[s].get("normalized_eigenvalues") is not None]
+    headers = ["rank", *(f"eigenvalue ({s})" for s in splits)]
+    headers += [f"normalized ({s})" for s in normalized]
+    k = max(len(by_split[s]["eigenvalues"]) for s in splits)
+
+    def at(values: list[float], i: int) -> float | None:
+        return values[i] if i < len(values) else None
+
+    rows = [
+        [i + 1]
+        + [at(by_split[s]["eigenvalues"], i) for s in splits]
+        + [at(by_split[s]["normalized_eigenvalues"], i) for s in normalized]
+        for i in range(k)
+    ]
+    lines = [render_table(headers, rows)]
+    for split, s in by_split.items():
+        state = "converged" if s["converged"] else f"not converged at tol {s['tol']:g}"
+        parts = [
+            f"{split}: {s['objective']} loss {s['loss']:.4g} on {s['n']} points, "
+            f"{s['parameters']:,} parameters; {s['solver']}, {s['hvps']} Hessian-vector "
+            f"products, {state}, {s['seconds']:.2f} s"
+        ]
+        if s.get("trace") is not None:
+            stderr = s.get("trace_stderr")
+            spread = f" ± {stderr:.2g}" if stderr is not None else ""
+            parts.append(
+                f"trace {s['trace']:.4g}{spread} ({s['trace_samples']} Hutchinson samples)"
+            )
+        if s.get("density"):
+            nodes = [v for run in s["density"]["nodes"] for v in run]
+            runs, steps = len(s["density"]["nodes"]), len(s["density"]["nodes"][0])
+            parts.append(
+                f"density: {runs} SLQ run(s) x {steps} steps, eigenvalues in "
+                f"[{min(nodes):.4g}, {max(nodes):.4g}]"
+            )
+        if s.get("random_loss") is not None:
+            parts.append(
+                f"normalized by the mean loss {s['random_loss']:.4g} at "
+                f"{len(s['random_losses'])} random samples (a = {s['normalize_radius']:g})"
+            )
+        lines.append("\n  ".join(parts))
+    return "\n".join(lines)
+
+
+def _landscape_table(by_split: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per split (θ itself and the extremes); for a line, the loss along it too."""
+    rows = [
+        [
+            split,
+            s["n"],
+            s["directions"],
+            "x".join([str(len(s["coords"]))] * s["dims"]),
+            s["origin_loss"],
+            s["min_loss"],
+            s["max_loss"],
+            s["origin_error"],
+        ]
+        for split, s in by_split.items()
+    ]
+    headers = ["split", "n", "directions", "grid", "loss at θ", "min loss", "max loss"]
+    table = render_table([*headers, "error at θ"], rows, [*["auto"] * 7, "pct"])
+    first = next(iter(by_split.values()))
+    if first["dims"] != 1:
+        return table
+    line = [
+        [a, *(value for s in by_split.values() for value in (s["loss"][i], s["error"][i]))]
+        for i, a in enumerate(first["coords"])
+    ]
+    columns = ["a", *(f"{kind} ({split})" for split in by_split for kind in ("loss", "error"))]
+    kinds = ["auto", *(kind for _ in by_split for kind in ("auto", "pct"))]
+    return f"{table}\n\n{render_table(columns, line, kinds)}"
+
+
+def _perturbation_similarity_table(by_split: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per split, direction and step a: the mean cosine similarity and the robust error."""
+    rows = [
+        [split, direction, a, s["similarity"][d][i], s["robust_error"][d][i]]
+        for split, s in by_split.items()
+        for d, direction in enumerate(s["directions"])
+        for i, a in enumerate(s["a"])
+    ]
+    headers = ["split", "direction", "a", "cos similarity", "robust error at θ ± a·v"]
+    return render_table(headers, rows, ["auto", "auto", "auto", "auto", "pct"])
+
+
+def _connectivity_table(s: Mapping[str, Any]) -> str:
+    """Loss and errors at five values of t along the curve and the line, and the maxima."""
+    kind = "rob" if s["objective"] == "adversarial" else "nat"
+    metrics = [
+        (f"train_{kind}_loss", "train loss", "auto"),
+        ("test_nat_error", "test error", "pct"),
+    ]
+    if "test_rob_error" in s["curve"]:
+        metrics.append(("test_rob_error", "test robust error", "pct"))
+    t = s["t"]
+    shown = sorted(
+        {min(range(len(t)), key=lambda i: abs(t[i] - q)) for q in (0, 0.25, 0.5, 0.75, 1)}
+    )
+    rows = [
+        [f"{t[i]:.3g}", *(s[path][m][i] for m, _, _ in metrics for path in ("curve", "line"))]
+        for i in shown
+    ]
+    rows.append(
+        ["max", *(s[f"{path}_max"][m] for m, _, _ in metrics for path in ("curve", "line"))]
+    )
+    headers = ["t", *(f"{label} ({path})" for _, label, _ in metrics for path in ("curve", "line"))]
+    kinds = ["auto", *(k for _, _, k in metrics for _ in ("curve", "line"))]
+    train = s["train_losses"]
+    lines = [
+        render_table(headers, rows, kinds),
+        f"order-{s['order']} Bezier curve trained {s['epochs']} epochs on the {s['objective']} "
+        f"loss (n {s['n_train']} train, {s['n_test']} test)"
+        + (f"; training loss {train[0]:.4g} -> {train[-1]:.4g}" if train else ""),
+    ]
+    for what, path in s.get("saved", {}).items():
+        lines.append(f"{what} saved to {path}")
+    return "\n".join(lines)
+
+
+def _adversarial(settings: Settings) -> bool:
+    """Whether the loss is the adversarial one (not ``--objective natural``)."""
+    return settings.objective != "natural"
+
+
+def _option_default(name: str, keyword: str) -> Any:
+    return inspect.signature(DIAGNOSTICS.get(name)).parameters[keyword].default
+
+
+def _check_hessian(model: nn.Module, options: Mapping[str, Any]) -> None:
+    check_k(options.get("k", _option_default("hessian", "k")), parameter_count(model))
+
+
+def _check_connectivity(model: nn.Module, options: Mapping[str, Any]) -> None:
+    check_same_architecture(model, options["other"])
+    check_batch_norm(model)
+    check_path(
+        options.get("order", _option_default("connectivity", "order")),
+        options.get("points", _option_default("connectivity", "points")),
+    )
+
+
+def _save_middle(result: Any, settings: Settings) -> dict[str, str]:
+    """``--save-middle PATH``: the curve's point at t = 0.5 (batch-norm statistics re-estimated
+    there). A run's model gets a robustlab checkpoint of its architecture (``eval``,
+    ``diagnose`` and ``train.init_from`` read it); a model from outside a run, its
+    ``state_dict`` (``torch.load`` then ``load_state_dict``)."""
+    if settings.save_middle is None or result.middle_state is None:
+        return {}
+    config = settings.loaded.config
+    if config is not None:
+        state = {
+            "model": result.middle_state,
+            "model_spec": model_spec_for(config, settings.dataset),
+            "config": config.to_dict(),
+        }
+        save_checkpoint(settings.save_middle, state)
+    else:
+        buffer = io.BytesIO()
+        torch.save(result.middle_state, buffer)
+        atomic_write_bytes(settings.save_middle, buffer.getvalue())
+    return {"middle checkpoint (t = 0.5)": settings.save_middle}
+
+
+def _same(*names: str) -> dict[str, str]:
+    """Options filled by the :class:`Settings` attribute of the same name."""
+    return {name: name for name in names}
+
+
+# The settings every parameter-space measurement takes: its batch size and its seed (it draws
+# start vectors and directions from it, not from the global streams).
+PARAMETER_SPACE_OPTIONS = _same("batch_size", "seed")
+
+
 # One entry per measurement: which settings reach which of its options, and its table.
 SPECS: dict[str, DiagnoseSpec] = {
     "stability": DiagnoseSpec(
@@ -275,6 +695,43 @@ SPECS: dict[str, DiagnoseSpec] = {
         {"eps": "eps", "norm": "norm", "steps": "given_steps", "batch_size": "batch_size"},
         eps="one",
         table=_lipschitz_table,
+    ),
+    "hessian": DiagnoseSpec(
+        {
+            **_same("k", "solver", "objective", "trace_samples", "density_runs"),
+            **_same("density_steps", "normalize_samples", "normalize_radius"),
+            **PARAMETER_SPACE_OPTIONS,
+        },
+        eps="one",
+        table=_hessian_table,
+        attack_when=_adversarial,
+        check=_check_hessian,
+    ),
+    "landscape": DiagnoseSpec(
+        {
+            **_same("directions", "dims", "points", "radius", "objective"),
+            **PARAMETER_SPACE_OPTIONS,
+        },
+        eps="one",
+        table=_landscape_table,
+        attack_when=_adversarial,
+    ),
+    "perturbation_similarity": DiagnoseSpec(
+        {**_same("a", "random_directions", "repeats"), **PARAMETER_SPACE_OPTIONS},
+        eps="one",
+        table=_perturbation_similarity_table,
+    ),
+    "connectivity": DiagnoseSpec(
+        {
+            **_same("order", "epochs", "lr", "objective", "points", "seed"),
+            # Its own batch_size is the curve's training batch (what it measures: default 128).
+            "eval_batch_size": "batch_size",
+        },
+        eps="one",
+        table=_connectivity_table,
+        check=_check_connectivity,
+        save=_save_middle,
+        settings=("save_middle",),
     ),
 }
 
@@ -329,13 +786,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split",
         choices=tuple(SPLITS),
         default="test",
-        help="points measured by margins, stability, loss_variation, lipschitz: test (default), "
-        "train (the run's training split), or both (gaps always takes both)",
+        help="points measured by margins, stability, loss_variation, lipschitz, hessian, "
+        "landscape, perturbation_similarity: test (default), train (the run's training split), "
+        "or both (gaps and connectivity always take both)",
     )
     parser.add_argument(
         "--n",
         type=int,
-        help="the first N points of each split (default: all); gaps takes N of each",
+        help="the first N points of each split (default: all); gaps and connectivity take N "
+        "of each",
     )
     add_attack_arguments(
         parser,
@@ -350,13 +809,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="stability: attack the predicted (default) or the true label",
     )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="batch size (default: the run's eval.batch_size, else 500)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' randomness")
+    add_batch_arguments(parser)
     parser.add_argument(
         "--out",
         metavar="DIR",
@@ -364,6 +817,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "./diagnostics/<model>/ for one from outside a run)",
     )
     _add_input_arguments(parser)
+    group = parser.add_argument_group(
+        "parameter space (hessian, landscape, perturbation_similarity, connectivity)"
+    )
+    for flag in MEASUREMENT_FLAGS:
+        group.add_argument(flag.flag, dest=flag.dest, metavar=flag.metavar, help=flag.help)
     add_store_argument(parser, of_run=True)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -400,11 +858,17 @@ def parse_what(text: str) -> list[str]:
     return names
 
 
-def _check_counts(args: argparse.Namespace) -> None:
-    for flag in ("n", "batch_size"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise ConfigError(f"--{flag.replace('_', '-')}", value, "must be > 0")
+def _check_flags_used(names: list[str], args: argparse.Namespace) -> None:
+    """A measurement flag that none of the measurements asked for reads is a mistake (a
+    misremembered --what), said in one line rather than silently ignored."""
+    read = set().union(*(spec_of(name).reads() for name in names))
+    for flag in MEASUREMENT_FLAGS:
+        value = getattr(args, flag.dest)
+        if value is not None and flag.dest not in read:
+            users = [name for name, spec in SPECS.items() if flag.dest in spec.reads()]
+            raise ConfigError(
+                flag.flag, value, f"read only by {', '.join(users)}, which --what does not name"
+            )
 
 
 def _check_eps_counts(names: list[str], eps_values: list[float] | None, text: str | None) -> None:
@@ -506,6 +970,7 @@ class Job:
     seconds: float = 0.0
     n: int | None = None
     plot: str | None = None
+    saved: dict[str, str] = field(default_factory=dict)
 
 
 class _Pulsing(nn.Module):
@@ -531,7 +996,7 @@ def _options_for(name: str, settings: Settings) -> tuple[dict[str, Any], dict[st
         if value is not None:
             options[keyword] = value
     recorded = {k: v for k, v in options.items() if k not in EXECUTION_OPTIONS}
-    if meta.get("attack"):
+    if meta.get("attack") and (spec.attack_when is None or spec.attack_when(settings)):
         attacks = settings.attacks
         if not spec.cascade and len(attacks) > 1:
             raise ConfigError(
@@ -551,7 +1016,29 @@ def _options_for(name: str, settings: Settings) -> tuple[dict[str, Any], dict[st
     # Checked now, as attacks' options are: a wrong spec fails before any work.
     create_diagnostic(name, **options)
     _check_required(name, options)
+    if spec.check is not None:
+        with as_flags(name, recorded):
+            spec.check(settings.loaded.model, options)
     return options, recorded
+
+
+@contextmanager
+def as_flags(name: str, recorded: Mapping[str, Any]) -> Iterator[None]:
+    """A :class:`ConfigError` of one of the measurement's keywords (``k=0``, ``other=...``)
+    re-raised under the flag that set it (``--k=0``, ``--with='runs/b'``), so the one line
+    names what the user typed."""
+    try:
+        yield
+    except ConfigError as exc:
+        inputs = DIAGNOSTICS.meta(name).get("inputs", {})
+        if exc.key in inputs:
+            flag, value = inputs[exc.key]["flag"], recorded.get(exc.key, exc.value)
+            raise ConfigError(flag, value, f"{exc.value}: {exc.allowed}") from None
+        attribute = spec_of(name).options.get(exc.key)
+        flag = SETTING_FLAGS.get(attribute) if attribute else None
+        if flag is None:
+            raise
+        raise ConfigError(flag, exc.value, exc.allowed) from None
 
 
 def _check_required(name: str, options: Mapping[str, Any]) -> None:
@@ -596,8 +1083,9 @@ def _run_job(job: Job, model: nn.Module, data: Mapping[str, tuple[torch.Tensor, 
 
 def run(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json
-    _check_counts(args)
+    check_counts(args)
     names = parse_what(args.what)
+    _check_flags_used(names, args)
     _check_eps_counts(names, parse_eps(args.eps), args.eps)
     device = resolve_device(args.device, "--device")
     loaded = load_target(args, device)
@@ -623,6 +1111,7 @@ def run(args: argparse.Namespace) -> int:
     _check_out(out)
 
     dataset = load_dataset(config)
+    settings.dataset = dataset
     # A split read only for its shapes (spectra's sample input) needs no more than the fit check.
     measured = _splits_needed(
         [n for n in names if DIAGNOSTICS.meta(n)["data"] != "shapes"], args.split
@@ -645,11 +1134,12 @@ def run(args: argparse.Namespace) -> int:
             kind = DIAGNOSTICS.meta(job.name)["data"]
             start = time.perf_counter()
             # Layer-by-layer measurements read the model's own modules, not the wrapper's.
-            _run_job(job, model if kind == "shapes" else pulsing, data)
+            with as_flags(job.name, job.recorded):
+                _run_job(job, model if kind == "shapes" else pulsing, data)
             job.seconds = time.perf_counter() - start
             bar.update(1)
 
-    payload = _record(jobs, loaded, config.data.name, args.seed, out, store_path)
+    payload = _record(jobs, settings, config.data.name, out, store_path)
     if args.json:
         emit_json(payload)
         return 0
@@ -679,13 +1169,14 @@ def _header(
 
 def _record(
     jobs: list[Job],
-    loaded: LoadedModel,
+    settings: Settings,
     data: str,
-    seed: int,
     out: Path,
     store_path: Path,
 ) -> dict[str, Any]:
-    """Draw the figures, store the rows, and return the ``--json`` object."""
+    """Draw the figures, write what measurements save, store the rows, and return the
+    ``--json`` object."""
+    loaded, seed = settings.loaded, settings.seed
     run_id = loaded.run_dir.run_id if loaded.run_dir is not None else None
     by_name: dict[str, list[Job]] = {}
     for job in jobs:
@@ -697,6 +1188,10 @@ def _record(
             plots.setdefault(name, [])
             if job.plot not in plots[name]:
                 plots[name].append(job.plot)
+    for job in jobs:
+        save = spec_of(job.name).save
+        if save is not None:
+            job.saved = save(job.result, settings)
     store = ResultsStore(store_path)
     if run_id is not None and not store.has_run(run_id):
         status = loaded.run_dir.read_info().get("status", "unknown")
@@ -714,7 +1209,8 @@ def _record(
     for name, group in by_name.items():
         summaries = {}
         for job in group:
-            summary = _clean({**job.result.summary(), "settings": job.recorded})
+            saved = {"saved": job.saved} if job.saved else {}
+            summary = _clean({**job.result.summary(), **saved, "settings": job.recorded})
             summaries[job.split] = summary
             ids.setdefault(name, []).append(
                 store.add_diagnostic(
@@ -759,9 +1255,14 @@ def _render(name: str, summary: Any, jobs: list[Job], loaded: LoadedModel) -> st
     """A title saying what was measured, then the measurement's table."""
     recorded = next(job for job in jobs if job.name == name).recorded
     attacked = "attack" in recorded
+    # A declared input is named by its flag: "with runs/b", not "other runs/b".
+    inputs = {k: d["flag"].lstrip("-") for k, d in DIAGNOSTICS.meta(name).get("inputs", {}).items()}
     described = []
     for key, value in recorded.items():
         if key in ("attack_settings", "data", "seed") or (attacked and key in ("eps", "norm")):
+            continue
+        if key in inputs:
+            described.append(f"{inputs[key]} {value}")
             continue
         if key == "attack":
             value = f"{value} {recorded['norm']} eps {format_eps(recorded['eps'])}"
@@ -796,7 +1297,8 @@ def _scalars(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 register_command(
     "diagnose",
-    "measure margins, spectra, gaps, stability, loss variation, Lipschitz estimates of a model",
+    "measure margins, spectra, gaps, stability, loss variation, Lipschitz estimates, Hessian "
+    "eigenvalues, loss landscapes, perturbation similarity, mode connectivity of a model",
     add_arguments,
     run,
     description="Run robustlab.diagnostics measurements on a run, checkpoint, TorchScript file "

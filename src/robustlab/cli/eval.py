@@ -16,8 +16,8 @@ import torch
 
 from .._io import atomic_write_bytes
 from ..attacks import Attack, model_mode
-from ..errors import ConfigError
 from ..evaluation import STABILITY_LABELS, RobustnessResult, evaluate_robustness, expand_attacks
+from ..evaluation.cascade import check_state_file
 from ..evaluation.checks import (
     check_black_box_gap,
     check_train_mode,
@@ -27,6 +27,7 @@ from ..evaluation.checks import (
 from ..progress import Progress
 from ..report import attack_settings, render_table
 from ..store import ResultsStore
+from ..store.sqlite import check_store_location
 from ..training.checkpoint import seed_everything
 from ..training.runner import resolve_device
 from ._common import add_store_argument, emit_json, info, register_command, store_for
@@ -35,8 +36,10 @@ from ._target import (  # noqa: F401  (ATTACK_OPTIONS, OPTION_FLAGS, build_attac
     ATTACK_OPTIONS,
     OPTION_FLAGS,
     add_attack_arguments,
+    add_batch_arguments,
     add_model_arguments,
     build_attacks,
+    check_counts,
     data_config,
     load_target,
     load_test_points,
@@ -47,13 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_attack_arguments(parser)
     parser.add_argument("--n", type=int, help="evaluate the first N test points (default: all)")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="batch size (default: the run's eval.batch_size, else 500)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' randomness")
+    add_batch_arguments(parser)
     parser.add_argument(
         "--stability-labels",
         choices=STABILITY_LABELS,
@@ -73,19 +70,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _check_counts(args: argparse.Namespace) -> None:
-    for flag in ("n", "batch_size"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise ConfigError(f"--{flag.replace('_', '-')}", value, "must be > 0")
-
-
 def run(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json
-    _check_counts(args)
+    check_counts(args)
     device = resolve_device(args.device, "--device")
     loaded = load_target(args, device)
     attacks = build_attacks(args, loaded)
+    # a run's evaluations go to the store it recorded, wherever eval is started from
+    store_path = store_for(args.store, loaded.run_dir)
+    check_store_location(store_path, create=True)  # refused before the work, not after it
     summary, result = evaluate_model(
         loaded,
         attacks,
@@ -96,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         data_root=args.data_root,
         device=device,
-        # a run's evaluations go to the store it recorded, wherever eval is started from
-        store_path=store_for(args.store, loaded.run_dir),
+        store_path=store_path,
         save_adv=args.save_adv,
         state_path=args.state,
         show_progress=not quiet,
@@ -195,6 +187,7 @@ def evaluate_model(
     sample_x = sample.float().div(255) if sample.dtype == torch.uint8 else sample
     check_fits(loaded, sample_x, num_classes, config.data.name)
     stages = expand_attacks(attacks)
+    check_state_file(state_path, model, images, labels, stages, stability_labels, seed)
     if announce is not None:
         announce(evaluation_header(loaded, config.data.name, stages, len(labels)))
     seed_everything(seed)

@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
-from .. import __version__
+from .. import __version__, _allocator
 from ..errors import RobustlabError
-from . import (  # noqa: F401  (registration)
-    calibrate_war,
-    config,
-    critical_eps,
-    demo,
-    diagnose,
-    eval,
-    ingest,
-    lam_tuning,
-    phase,
-    runs,
-    show,
-    sweep,
-    train,
-)
 from ._common import COMMANDS
+
+# The subcommand modules (every public module of this package but this one), each registering
+# its command when imported. A command line naming one imports only that one (``robustlab
+# sweep``, ``runs``, ``show`` then start without importing torch); ``--help`` imports them all.
+COMMAND_MODULES = tuple(
+    sorted(
+        path.stem
+        for path in Path(__file__).parent.glob("*.py")
+        if not path.stem.startswith("_") and path.stem != "main"
+    )
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -47,7 +45,21 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
-def build_parser() -> argparse.ArgumentParser:
+def load_commands(argv: Sequence[str] | None = None) -> None:
+    """Import the subcommand modules ``argv`` needs: the one it names, else all of them."""
+    words = [a for a in (argv or []) if not a.startswith("-")][:1]
+    name = words[0] if words else ""
+    if name.replace("-", "_") in COMMAND_MODULES:
+        importlib.import_module(f".{name.replace('-', '_')}", __package__)
+        if name in COMMANDS:
+            return
+    for module in COMMAND_MODULES:
+        importlib.import_module(f".{module}", __package__)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``robustlab`` parser, with the commands ``argv`` needs (every command without it)."""
+    load_commands(argv)
     parser = OneLineParser(
         prog="robustlab",
         description="Adversarial-training research: train width-parameterized models, attack them, "
@@ -65,9 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for any user error)."""
+    """Run the command line; returns the exit code (2 for any user error).
+
+    Started as the ``robustlab`` command (``argv`` None), it first re-executes itself once with
+    glibc's tuned allocator settings (:mod:`robustlab._allocator`), before torch is imported.
+    """
+    if argv is None:
+        _allocator.reexec_tuned()
+        argv = sys.argv[1:]
     try:
-        parser = build_parser()
+        parser = build_parser(argv)
         args = parser.parse_args(argv)
         try:
             with _sigterm_raises():
@@ -77,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
         except RobustlabError as exc:
             print(f"robustlab {args.command}: error: {exc}", file=sys.stderr)
-            return 2
+            return int(getattr(exc, "exit_code", 2))  # 3: a run failed (errors.RunFailed)
         except KeyboardInterrupt as exc:
             # A stopped run says what was kept and how to resume (training.runner.RunInterrupted).
             detail = str(exc) or "interrupted"

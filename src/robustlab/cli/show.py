@@ -1,4 +1,5 @@
-"""``robustlab show RUN``: one run's per-epoch metrics and its evaluations."""
+"""``robustlab show RUN [--plot]``: one run's per-epoch metrics and its evaluations; with
+``--plot``, its figures (:mod:`robustlab.report.figures`) drawn into ``RUN/plots/``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from ..errors import RunError
 from ..report import evaluation_label, render_table, stored_evaluation_label
 from ..report.labels import epoch_split
-from ..rundir import RunDirectory, shown_status
+from ..rundir import RunDirectory, check_can_create, shown_status
 from ..store import ResultsStore
 from ._common import add_store_argument, emit_json, register_command
 
@@ -49,10 +50,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_store_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="also draw the run's figures (curves, trackers, diagnostics) into RUN/plots/ "
+        "and print their paths",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     shown = _load(args.run, args.store)
+    plots = _plot(shown, args.store) if args.plot else None
     for e in shown.evaluations:
         e["label"] = stored_evaluation_label(e)
     if args.json:
@@ -64,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                 "epoch_evaluation": epoch_evaluation_label(shown.config),
                 "epochs": shown.history,
                 "evaluations": shown.evaluations,
+                **({} if plots is None else {"plots": [str(p) for p in plots]}),
             }
         )
         return 0
@@ -94,7 +103,45 @@ def run(args: argparse.Namespace) -> int:
                 ["auto"] * 4 + ["pct"] * 3,
             )
         )
+    if plots is not None:
+        _print_plots(shown, plots)
     return 0
+
+
+def _plot(shown: ShownRun, store_path: str) -> list[Path]:
+    """Draw the run's figures into ``RUN/plots/`` (absolute paths returned), from the store
+    when it has the run (its diagnostics included), else from the run directory's files."""
+    import tempfile
+
+    from ..report.figures import render_figures
+    from ..sweep.ingest import ingest_run
+
+    out = Path(shown.run_dir).resolve() / "plots"
+    if not out.parent.is_dir():
+        raise RunError(f"--plot: the run directory {str(out.parent)!r} does not exist (moved?)")
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--plot: {str(out)!r} is a file; the figures go to RUN/plots/ (move it)")
+    check_can_create(out, "--plot")
+    if Path(store_path).exists():
+        store = ResultsStore(store_path, create=False)
+        if store.has_run(shown.run_id):
+            files = render_figures(store, [store.run(shown.run_id)], out)
+            return [f.path.resolve() for f in files]
+    # A run directory the store does not know: its files in a throw-away store.
+    with tempfile.TemporaryDirectory(prefix="robustlab-show-") as tmp:
+        store = ResultsStore(Path(tmp) / "run.db")
+        ingest_run(store, shown.run_dir)
+        files = render_figures(store, [store.run(shown.run_id)], out)
+    return [f.path.resolve() for f in files]
+
+
+def _print_plots(shown: ShownRun, plots: list[Path]) -> None:
+    if not plots:
+        print(f"\nfigures: none (the run {shown.run_id} has no epochs recorded yet)")
+        return
+    print(f"\nfigures ({len(plots)}):")
+    for path in plots:
+        print(path)
 
 
 def epoch_evaluation_label(config: dict[str, Any]) -> str:

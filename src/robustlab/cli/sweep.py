@@ -14,12 +14,14 @@ from typing import Any
 from ..errors import ConfigError, RunError
 from ..report import render_table
 from ..report.labels import format_eps
+from ..rundir import check_can_create
 from ..store import ResultsStore
+from ..store.sqlite import check_store_location
 from ..sweep import aggregate
 from ..sweep.executors import EXECUTORS
 from ..sweep.spec import SweepSpec, expand, in_grey_levels, load_spec
 from ..sweep.state import count_states, sweep_states
-from ._common import add_store_argument, emit_json, info, register_command
+from ._common import add_store_argument, checked_threads, emit_json, info, register_command
 
 ACTIONS = ("status", "table")
 DEFAULT_OUT = Path("runs")
@@ -57,7 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=1, metavar="N", help="runs at the same time (default 1)"
     )
     parser.add_argument(
-        "--threads", type=int, metavar="N", help="CPU threads per run (default: cores // workers)"
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU cores per run (0 or unset: cores // workers); a run's threads key (auto) "
+        "uses one of them for a small model, all of them for a large one",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="list the runs and their state; run nothing"
@@ -131,14 +137,18 @@ def _list_presets(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, spec: SweepSpec) -> int:
     if args.workers < 1:
         raise ConfigError("--workers", args.workers, "must be >= 1")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError("--threads", args.threads, "must be >= 1")
+    checked_threads(args.threads)
     EXECUTORS.get(args.executor)  # an unknown executor fails before anything is written
     out = _out_dir(args, spec)
     if args.dry_run:
         return _dry_run(args, spec, out)
     from ..sweep.execute import run_sweep
 
+    # Everything that can be refused is refused before the store or a run directory is made:
+    # every run's config (expand validates them), then the output and store locations.
+    expand(spec, out)
+    check_can_create(out, "--out")
+    check_store_location(Path(args.store), create=True)
     store = ResultsStore(args.store)
     outcome = run_sweep(
         spec,
@@ -147,7 +157,7 @@ def _run(args: argparse.Namespace, spec: SweepSpec) -> int:
         executor=args.executor,
         workers=args.workers,
         retry_failed=args.retry_failed,
-        threads=args.threads,
+        threads=args.threads or None,  # 0: auto
         log=info,  # progress on stderr, also with --json (stdout holds only the answer)
     )
     if args.json:

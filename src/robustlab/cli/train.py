@@ -14,10 +14,12 @@ from ..report.labels import epoch_split
 from ..rundir import RunDirectory, new_run_id, with_absolute_paths
 from ..store import ResultsStore
 from ..training import distributed
-from ..training.runner import FitResult, fit, prepare, resolve_device
+from ..training.runner import FitResult, check_resumable, fit, prepare, resolve_device
 from ._common import (
     add_set_argument,
     add_store_argument,
+    add_threads_argument,
+    checked_threads,
     emit_json,
     info,
     register_command,
@@ -44,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "are now, if not where the run recorded them)",
     )
     add_store_argument(parser, of_run=True)
+    add_threads_argument(parser, " (= --set threads=N; also with --resume)")
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object (run_dir, final, best) on stdout"
     )
@@ -67,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(args.config, overrides)
         run_id = new_run_id(config)
         run_dir = None
+    threads = checked_threads(args.threads)
+    if threads is not None:  # where a run executes, not what it computes: --resume takes it too
+        config = dataclasses.replace(config, threads=threads)
     if args.data_root is not None:  # with --resume: the data moved, the run records where to
         config = dataclasses.replace(
             config, data=dataclasses.replace(config.data, root=args.data_root)
@@ -79,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if dist is not None and not dist.is_main:
         return _follow_rank_0(config, bool(args.resume))
     experiment = prepare(config)  # every check that can fail happens before anything is written
+    if run_dir is not None:
+        check_resumable(experiment, run_dir)  # the checkpoint fits the model config.toml builds
     out = Path(args.out) if args.out else RUNS_ROOT / run_id
     if run_dir is None:
         RunDirectory.check_free(out)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataFormatError
 from ..registry import Registry
 
 DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset", "data.name")
@@ -191,7 +191,15 @@ def from_numpy(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> ImageDataset:
-    """Build an :class:`ImageDataset` from uint8 NCHW arrays and integer labels."""
+    """Build an :class:`ImageDataset` from uint8 NCHW arrays and integer labels.
+
+    Raises:
+        DataFormatError: the training or the test split holds no images (every statistic and
+            accuracy of an empty split is undefined).
+    """
+    for split, (images, _) in (("training", train), ("test", test)):
+        if len(images) == 0:
+            raise DataFormatError(f"{name}: the {split} split holds no images; expected at least 1")
     train_x = torch.from_numpy(np.ascontiguousarray(train[0], dtype=np.uint8))
     test_x = torch.from_numpy(np.ascontiguousarray(test[0], dtype=np.uint8))
     train_y = torch.from_numpy(np.asarray(train[1], dtype=np.int64))

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import DataFormatError, DataNotFoundError
-from .augment import AUGMENTATIONS
-from .loader import _SEED_STRIDE
+from .loader import EpochBatches
 
 IMAGES_KEY = "data"
 LABELS_KEY = "extrapolated_targets"
@@ -102,7 +101,7 @@ def load_extra(
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
-class MixedLoader:
+class MixedLoader(EpochBatches):
     """Batches of labelled and extra (pseudo-labelled) images, on the images' device.
 
     Each batch holds ``batch_size - int(batch_size * fraction)`` labelled images, the next ones
@@ -141,22 +140,15 @@ class MixedLoader:
             raise ValueError(f"fraction must be in [0, 1), got {fraction}")
         if images.dtype != torch.uint8 or extra_images.dtype != torch.uint8:
             raise TypeError("images must be uint8")
-        self.images, self.labels = images, labels
+        super().__init__(images, labels, batch_size, augment, seed)
         self.extra_images, self.extra_labels = extra_images, extra_labels
-        self.batch_size = batch_size
         self.n_extra = int(batch_size * fraction)
         self.n_labelled = batch_size - self.n_extra
-        self.augment_name = augment
-        self.augment = AUGMENTATIONS.get(augment)
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return (len(self.labels) + self.batch_size - 1) // self.batch_size
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one epoch, reproducible from ``(seed, epoch)``."""
         device = self.images.device
-        generator = torch.Generator(device=device).manual_seed(self.seed * _SEED_STRIDE + epoch)
+        generator = self.generator(epoch)
         order = torch.randperm(len(self.labels), generator=generator, device=device)
         # ceil(n / batch_size) chunks of n_labelled <= batch_size never run past the permutation
         # by a whole chunk: only the last may be short (and gets more extra images).
@@ -172,8 +164,4 @@ class MixedLoader:
             # RST: "this shuffle operation is very important, without it batch-norm /
             # DataParallel hell ensues" (a device's share of the batch must be mixed too).
             mix = torch.randperm(len(y), generator=generator, device=device)
-            x = self.augment(x[mix], generator)
-            yield x.float().div_(255), y[mix]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.epoch(0)
+            yield self.finish(x[mix], y[mix], generator)

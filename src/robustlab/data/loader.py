@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -12,7 +13,47 @@ from .augment import AUGMENTATIONS
 _SEED_STRIDE = 1_000_003  # a prime, so (seed, epoch) pairs map to distinct generator seeds
 
 
-class DeviceLoader:
+class EpochBatches(ABC):
+    """What the on-device loaders share: uint8 images and labels on the device, a batch size, a
+    registered augmentation and a base seed; ``len()`` batches per epoch, and each epoch's
+    randomness (permutations, augmentation) drawn from one generator seeded with
+    ``(seed, epoch)``, so a resumed run sees exactly the batches the uninterrupted run would
+    have seen. A subclass writes only :meth:`epoch`.
+    """
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, augment: str, seed: int
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size = batch_size
+        self.augment_name = augment
+        self.augment = AUGMENTATIONS.get(augment)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+    def generator(self, epoch: int) -> torch.Generator:
+        """Epoch ``epoch``'s generator, on the images' device."""
+        return torch.Generator(device=self.images.device).manual_seed(
+            self.seed * _SEED_STRIDE + epoch
+        )
+
+    def finish(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch augmented (uint8, as one batch) and mapped to float32 in [0, 1]."""
+        return self.augment(x, generator).float().div_(255), y
+
+    @abstractmethod
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of one epoch, reproducible from ``(seed, epoch)``."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch(0)
+
+
+class DeviceLoader(EpochBatches):
     """Iterates over ``(x, y)`` batches of a tensor dataset that already lives on the device.
 
     Args:
@@ -40,20 +81,13 @@ class DeviceLoader:
     ) -> None:
         if images.dtype != torch.uint8:
             raise TypeError(f"images must be uint8, got {images.dtype}")
-        self.images, self.labels = images, labels
-        self.batch_size = batch_size
+        super().__init__(images, labels, batch_size, augment, seed)
         self.shuffle = shuffle
-        self.augment_name = augment
-        self.augment = AUGMENTATIONS.get(augment)
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return (len(self.labels) + self.batch_size - 1) // self.batch_size
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one epoch, reproducible from ``(seed, epoch)``."""
         device = self.images.device
-        generator = torch.Generator(device=device).manual_seed(self.seed * _SEED_STRIDE + epoch)
+        generator = self.generator(epoch)
         n = len(self.labels)
         order = torch.randperm(n, generator=generator, device=device) if self.shuffle else None
         for start in range(0, n, self.batch_size):
@@ -63,11 +97,7 @@ class DeviceLoader:
             else:
                 index = order[start : start + self.batch_size]
                 x, y = self.images[index], self.labels[index]
-            x = self.augment(x, generator)
-            yield x.float().div_(255), y
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.epoch(0)
+            yield self.finish(x, y, generator)
 
 
 class Batches(Protocol):

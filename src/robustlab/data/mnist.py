@@ -91,6 +91,11 @@ def _split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray
         raise DataFormatError(
             f"{images_path}: {len(images)} images but {labels_path} has {len(labels)} labels"
         )
+    if len(images) == 0:
+        raise DataFormatError(
+            f"{images_path}: holds no images (shape {images.shape}); expected the official "
+            f"files ({_SOURCE})"
+        )
     if len(labels) and labels.max() > 9:
         raise DataFormatError(f"{labels_path}: labels span 0..{labels.max()}, expected 0..9")
     return images[:, None], labels  # N x 1 x H x W

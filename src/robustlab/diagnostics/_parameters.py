@@ -171,7 +171,30 @@ class AtParameters(nn.Module):
         self.tensors = dict(tensors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.model, torch.jit.ScriptModule):
+            return _scripted_call(self.model, self.tensors, x)
         return functional_call(self.model, self.tensors, (x,))
+
+
+def _scripted_call(
+    model: torch.jit.ScriptModule, tensors: Mapping[str, torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """``functional_call`` for a TorchScript model, which torch.func refuses: the tensors are
+    set as the attributes of its C++ modules for the call (gradients flow through them, as
+    through functional_call's) and the model's own are put back after."""
+    saved = []
+    try:
+        for name, tensor in tensors.items():
+            path, _, attribute = name.rpartition(".")
+            owner = model._c
+            for part in path.split(".") if path else ():
+                owner = owner.getattr(part)
+            saved.append((owner, attribute, owner.getattr(attribute)))
+            owner.setattr(attribute, tensor)
+        return model(x)
+    finally:
+        for owner, attribute, value in reversed(saved):
+            owner.setattr(attribute, value)
 
 
 @dataclass

@@ -69,6 +69,20 @@ def by_split(results: R | Mapping[str, R]) -> dict[str, R]:
     return {"": results}
 
 
+def split_figure(
+    result: R | Mapping[str, R], ncols: int = 1, size: tuple[float, float] = SIZE
+) -> tuple[dict[str, R], R, Any, list[Any]] | None:
+    """What a per-split plot starts from: ``(results, first, figure, axes)``, the results by
+    split (:func:`by_split`), the first of them (whose settings, such as ``norm`` or ``eps``,
+    label the axes) and a :func:`new_figure`; ``None`` when matplotlib is not installed."""
+    results = by_split(result)
+    drawn = new_figure(ncols, size)
+    if drawn is None:
+        return None
+    figure, axes = drawn
+    return results, next(iter(results.values())), figure, axes
+
+
 def split_label(split: str, n: int) -> str:
     """``"test (n=128)"``, or ``"n=128"`` for a result of no named split."""
     return f"{split} (n={n})" if split else f"n={n}"

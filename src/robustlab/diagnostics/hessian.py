@@ -540,6 +540,22 @@ def objective_batches(
     return batches
 
 
+def check_k(k: int, size: int) -> int:
+    """``k`` if it is a number of eigenpairs a space of ``size`` variables has (1 to ``size``).
+
+    Raises:
+        ConfigError: k <= 0, above ``size``, or not an integer.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= size:
+        raise ConfigError("k", k, f"between 1 and the number of parameters ({size})")
+    return k
+
+
+def parameter_count(model: nn.Module) -> int:
+    """The number of variables the Hessian of ``model``'s loss is taken over."""
+    return ParameterSpace(model).size
+
+
 @DIAGNOSTICS.register("hessian", data="points", attack=True, plot=plot_hessian)
 def hessian(
     model: nn.Module,
@@ -608,8 +624,7 @@ def hessian(
     """
     started = time.perf_counter()
     space = ParameterSpace(model)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= space.size:
-        raise ConfigError("k", k, f"between 1 and the number of parameters ({space.size})")
+    check_k(k, space.size)
     solve = SOLVERS.get(solver)
     objective = resolve_objective(objective, attack)
     for key, value, low in (

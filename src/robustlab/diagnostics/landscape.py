@@ -176,7 +176,7 @@ def plot_landscape(result: LandscapeResult, path: str | Path) -> Path | None:
             axis.axvline(0.0, color="gray", linestyle=":", linewidth=1)
         figure.suptitle(f"{objective.capitalize()} along {result.label} (n = {result.n})")
         return save(figure, path)
-    drawn = new_figure(ncols=2, size=(11.0, 4.6))
+    drawn = new_figure(ncols=2, size=(10.5, 4.6))
     if drawn is None:
         return None
     figure, (contour_axis, placeholder) = drawn

@@ -21,7 +21,7 @@ from ._base import (
     describe,
     histogram,
 )
-from ._plot import by_split, new_figure, overlaid_histograms, save
+from ._plot import overlaid_histograms, save, split_figure
 
 
 @dataclass(repr=False)
@@ -63,12 +63,10 @@ def plot_lipschitz(
     Returns:
         ``path``, or ``None`` when matplotlib is not installed.
     """
-    results = by_split(result)
-    drawn = new_figure()
+    drawn = split_figure(result)
     if drawn is None:
         return None
-    figure, (axis,) = drawn
-    first = next(iter(results.values()))
+    results, first, figure, (axis,) = drawn
     dual = {"Linf": "1", "L2": "2"}.get(first.norm, "q")
     overlaid_histograms(axis, {s: r.values for s, r in results.items()}, first.bins)
     axis.set_xlabel(

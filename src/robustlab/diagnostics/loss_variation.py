@@ -14,7 +14,7 @@ from ..attacks import create_attack, model_mode
 from ..attacks.functional import LOSSES
 from ..errors import ConfigError
 from ._base import DIAGNOSTICS, DiagnosticResult, as_float, batch_slices, describe
-from ._plot import by_split, new_figure, save, split_colour, split_label
+from ._plot import save, split_colour, split_figure, split_label
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -81,12 +81,10 @@ def plot_loss_variation(
     Returns:
         ``path``, or ``None`` when matplotlib is not installed.
     """
-    results = by_split(result)
-    drawn = new_figure()
+    drawn = split_figure(result)
     if drawn is None:
         return None
-    figure, (axis,) = drawn
-    first = next(iter(results.values()))
+    results, first, figure, (axis,) = drawn
     scale, unit = (255.0, " (×1/255)") if first.norm == "Linf" else (1.0, "")
     span = scale * (max(first.eps) - min(first.eps)) if len(first.eps) > 1 else scale * first.eps[0]
     for index, (split, r) in enumerate(results.items()):

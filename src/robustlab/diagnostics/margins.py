@@ -24,7 +24,7 @@ from ._base import (
     dual_norm,
     histogram,
 )
-from ._plot import by_split, new_figure, overlaid_histograms, save
+from ._plot import overlaid_histograms, save, split_figure
 
 
 def logit_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -88,12 +88,10 @@ def plot_margins(
     Returns:
         ``path``, or ``None`` when matplotlib is not installed.
     """
-    results = by_split(result)
-    drawn = new_figure(ncols=2, size=(10.0, 4.0))
+    drawn = split_figure(result, ncols=2, size=(10.0, 4.0))
     if drawn is None:
         return None
-    figure, (raw, normalized) = drawn
-    first = next(iter(results.values()))
+    results, first, figure, (raw, normalized) = drawn
     dual = {"Linf": "1", "L2": "2"}.get(first.norm, "q")
     overlaid_histograms(raw, {s: r.margin for s, r in results.items()}, first.bins)
     overlaid_histograms(

@@ -217,6 +217,31 @@ def check_signature(
             )
 
 
+def check_state_file(
+    path: str | Path | None,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    attacks: Mapping[str, Attack],
+    stability_labels: str,
+    seed: int | None = None,
+) -> None:
+    """Refuse a state file at ``path`` saved for something else, before any work starts (so
+    a command refuses it with its one line, before announcing the evaluation); a missing file
+    is a fresh start. :func:`run_cascade` checks again when it resumes.
+
+    Raises:
+        RunError: as :func:`check_signature`, or the file is not a cascade state.
+    """
+    if path is None or not Path(path).exists():
+        return
+    saved = CascadeState.load(path)
+    expected = signature_of(
+        attacks, len(labels), stability_labels, seed=seed, model=model, images=images, labels=labels
+    )
+    check_signature(saved.signature, expected, path)
+
+
 def _as_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div(255) if images.dtype == torch.uint8 else images
 

@@ -32,11 +32,13 @@ import torch
 from torch import nn
 
 from ..attacks import Attack, model_mode
+from ..errors import AttackInputError, ConfigError
 from .cascade import STABILITY_LABELS, CascadeState, run_cascade
 
 __all__ = [
     "STABILITY_LABELS",
     "RobustnessResult",
+    "check_points",
     "evaluate_robustness",
     "expand_attacks",
     "predict",
@@ -197,6 +199,42 @@ def expand_attacks(attack: Attack | Mapping[str, Attack] | Sequence[Attack]) -> 
     return stages
 
 
+_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def check_points(images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Refuse points an evaluation cannot mean anything on, before any work (and before a
+    state file is written): no points, images and labels of different lengths, images that are
+    neither uint8 nor floating point in [0, 1] (NaN included), labels that are not integers or
+    are negative. Labels beyond the model's classes are caught at its first output.
+
+    Raises:
+        AttackInputError: naming what is wrong and what is allowed.
+    """
+    if images.dim() < 2 or labels.dim() != 1 or len(images) != len(labels):
+        raise AttackInputError(
+            f"expected N images and N labels (labels of shape (N,)), got {len(images)} images "
+            f"of shape {tuple(images.shape)} and {labels.numel()} labels of shape {tuple(labels.shape)}"
+        )
+    if len(labels) == 0:
+        raise AttackInputError("no points to evaluate: images and labels are empty (N = 0)")
+    if labels.dtype not in _LABEL_DTYPES:
+        raise AttackInputError(f"labels must be integers, got dtype {labels.dtype}")
+    if int(labels.min()) < 0:
+        raise AttackInputError(f"labels must be >= 0, got {int(labels.min())}")
+    if images.dtype == torch.uint8:
+        return  # 0..255, mapped to [0, 1] per batch
+    if not images.is_floating_point():
+        raise AttackInputError(
+            f"images must be uint8 (0..255) or floating point in [0, 1], got dtype {images.dtype}"
+        )
+    low, high = torch.aminmax(images)
+    if not (low >= 0 and high <= 1):  # written so that NaN fails too
+        raise AttackInputError(
+            f"images must lie in [0, 1], got values in [{low.item():.4g}, {high.item():.4g}]"
+        )
+
+
 def evaluate_robustness(
     model: nn.Module,
     images: torch.Tensor,
@@ -233,7 +271,16 @@ def evaluate_robustness(
             model and the data, the attacks' settings and ``seed``; resuming it for anything
             else raises :class:`~robustlab.errors.RunError`.
         seed: the seed of the attacks' randomness, recorded in the state (the caller seeds).
+
+    Raises:
+        AttackInputError: no points, images outside [0, 1] or NaN, labels that are not
+            integers in [0, classes) (:func:`check_points`; the model's first output).
+        ConfigError: ``batch_size`` < 1.
     """
+    check_points(images, labels)
+    labels = labels.long()  # any integer dtype is accepted; the losses take int64 targets
+    if batch_size <= 0:
+        raise ConfigError("batch_size", batch_size, "must be > 0")
     stages = expand_attacks(attack)
     start = time.perf_counter()
     state = None

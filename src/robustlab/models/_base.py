@@ -114,6 +114,29 @@ def scaled_channels(base: int, width: float, key: str = "model.width") -> int:
     return channels
 
 
+# Conv weight initializations by name: Xavier uniform (Wen et al. 2020, App. D.2) and He-normal
+# over fan-out (the TRADES/Madry WRN, DenseNet's Torch code, torchvision's ResNets).
+CONV_INITS: dict[str, Callable[[torch.Tensor], object]] = {
+    "xavier": nn.init.xavier_uniform_,
+    "kaiming": lambda w: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu"),
+}
+
+
+def init_weights(model: nn.Module, conv: str = "kaiming", *, zero_linear_bias: bool = True) -> None:
+    """The reference codes' initialization, module by module in ``model.modules()`` order:
+    convs by ``CONV_INITS[conv]``, batch norm at identity (weight 1, bias 0) and, with
+    ``zero_linear_bias``, zero linear biases (linear weights keep PyTorch's default)."""
+    conv_init = CONV_INITS[conv]
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            conv_init(m.weight)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif zero_linear_bias and isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+
 def validate_shape_args(name: str, spec: FamilySpec, width: int | float, depth: int | None) -> None:
     """Raise :class:`ConfigError` for a width or depth the family cannot build."""
     number = isinstance(width, int | float) and not isinstance(width, bool)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import register_model
+from ._base import init_weights, register_model
 
 
 class Bottleneck(nn.Module):
@@ -63,14 +63,7 @@ class DenseNetBC(nn.Module):
         self.fc = nn.Linear(planes, num_classes)
         # The initialization of the reference Torch code: He-normal over fan-out for convs,
         # BN at identity, zero FC bias.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self, "kaiming")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.features(x), 1))

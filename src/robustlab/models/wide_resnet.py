@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ._base import register_model, scaled_channels
+from ._base import init_weights, register_model, scaled_channels
 
 
 class WideBasicBlock(nn.Module):
@@ -68,14 +68,7 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(channels[3], num_classes)
         # The TRADES/Madry initialization: He-normal over fan-out for convs, BN at identity,
         # zero FC bias (the FC weight keeps PyTorch's default).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self, "kaiming")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.groups(self.conv1(x))

@@ -7,13 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ._base import register_model, scaled_channels
+from ._base import CONV_INITS, init_weights, register_model, scaled_channels
 
 # Bottleneck units per group (He et al. 2016, Table 1), by depth.
 _UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 EXPANSION = 4  # a unit's output has 4x the channels of its group's base ``planes``
 STEMS = ("small", "imagenet")
-INITS = ("xavier", "kaiming")
+INITS = tuple(CONV_INITS)
 
 
 class Bottleneck(nn.Module):
@@ -85,15 +85,9 @@ class BottleneckWideResNet(nn.Module):
         self.groups = nn.Sequential(*groups)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                if init == "xavier":  # Wen et al. App. D.2
-                    nn.init.xavier_uniform_(m.weight)
-                else:  # torchvision's ResNet
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # Convs: Xavier uniform (Wen et al. App. D.2) or torchvision's He-normal; BN at identity.
+        # The FC keeps PyTorch's default (torchvision does not zero its bias).
+        init_weights(self, init, zero_linear_bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.pool(self.groups(self.stem(x)))

@@ -22,19 +22,30 @@ new columns added; nothing is rewritten).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import random
 import sqlite3
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import RunError
+from .. import _faults
+from .._io import disk_full_named
+from ..errors import DiskFullError, RunError
 
 SCHEMA_VERSION = 5
+# Concurrent writers (a sweep's workers, several `robustlab train`): SQLite's busy handler waits
+# up to BUSY_TIMEOUT_S for the write lock; the few "database is locked" errors it does not wait
+# out (a lock upgrade in WAL mode, a WAL recovery, a timeout under heavy load) are retried, the
+# whole transaction again, up to LOCKED_RETRIES times with jittered exponential backoff.
+BUSY_TIMEOUT_S = 15.0
+LOCKED_RETRIES = 6
 DEFAULT_STORE = Path("runs") / "robustlab.db"
 
 _SCHEMA = """
@@ -133,6 +144,38 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _backoff(attempt: int) -> None:
+    """Sleep before retry ``attempt`` (0, 1, ...): 50 ms doubling, jittered, at most ~2 s."""
+    time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+
+
+def _retry_when_locked(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a store method (one transaction: rolled back whole when it fails) again when SQLite
+    reports the database locked, at most :data:`LOCKED_RETRIES` times; then one line."""
+
+    @functools.wraps(method)
+    def retrying(self: ResultsStore, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(LOCKED_RETRIES):
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc):
+                    raise
+                if attempt == LOCKED_RETRIES - 1:
+                    raise RunError(
+                        f"store {str(self.path)!r} stayed locked by other processes ({exc}; "
+                        f"{LOCKED_RETRIES} attempts, {BUSY_TIMEOUT_S:g} s each)"
+                    ) from None
+                _backoff(attempt)
+        raise AssertionError("unreachable")
+
+    return retrying
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """One row of ``runs`` with its JSON columns decoded."""
@@ -182,12 +225,29 @@ class ResultsStore:
                 ) from None
         if not create and not _tables(self.path):
             raise RunError(f"--store {str(self.path)!r} is an empty file, not a results store")
+        # A store of a later robustlab is refused before anything (even the journal mode) is
+        # written to it: an older program must not "upgrade" a schema it does not know.
+        version = _stored_version(self.path)
+        if version is not None and version > SCHEMA_VERSION:
+            raise RunError(
+                f"store {str(self.path)!r} has schema {version}; this robustlab reads <= "
+                f"{SCHEMA_VERSION} (upgrade robustlab; the store was not modified)"
+            )
+        self._create_schema()
+
+    @_retry_when_locked
+    def _create_schema(self) -> None:
+        """Create the tables, or upgrade an older store in place, in one transaction that holds
+        the write lock from its start: processes opening a new store at once create it once."""
         with self._connect() as db:
-            db.executescript(_SCHEMA)
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
             row = db.execute("SELECT version FROM schema_info").fetchone()
             if row is None:
                 db.execute("INSERT INTO schema_info (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
+            elif row[0] > SCHEMA_VERSION:  # written in between by a later robustlab
                 raise RunError(
                     f"store {str(self.path)!r} has schema {row[0]}; this robustlab reads <= {SCHEMA_VERSION}"
                 )
@@ -196,19 +256,24 @@ class ResultsStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection whose ``with`` block is one transaction (committed, or rolled back)."""
-        db = sqlite3.connect(self.path, timeout=60)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.row_factory = sqlite3.Row
-            with db:
-                yield db
-        finally:
-            db.close()
+        """A connection whose ``with`` block is one transaction (committed, or rolled back).
+
+        Raises:
+            DiskFullError: the device is full (the transaction is rolled back whole).
+        """
+        with disk_full_named(self.path), _sqlite_full_named(self.path):
+            db = _open(self.path)
+            try:
+                with db:
+                    yield db
+                    if _faults.ACTIVE and db.in_transaction:  # test-only (robustlab._faults)
+                        _faults.trip("store-write", self.path)
+            finally:
+                db.close()
 
     # -- runs -------------------------------------------------------------------------------
 
+    @_retry_when_locked
     def upsert_run(
         self,
         run_id: str,
@@ -256,6 +321,7 @@ class ResultsStore:
                 ),
             )
 
+    @_retry_when_locked
     def set_sweep(
         self, run_id: str, sweep: str | None, name: str | None, values: Mapping[str, Any] | None
     ) -> None:
@@ -276,6 +342,7 @@ class ResultsStore:
 
     # -- sweeps -----------------------------------------------------------------------------
 
+    @_retry_when_locked
     def upsert_sweep(
         self, name: str, spec: Mapping[str, Any], runs: list[str], source: str = ""
     ) -> None:
@@ -302,6 +369,7 @@ class ResultsStore:
         with self._connect() as db:
             return db.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone() is not None
 
+    @_retry_when_locked
     def finish_run(self, run_id: str, status: str, summary: Mapping[str, Any]) -> None:
         with self._connect() as db:
             db.execute(
@@ -309,6 +377,7 @@ class ResultsStore:
                 (status, json.dumps(summary), _now(), run_id),
             )
 
+    @_retry_when_locked
     def set_model_shape(self, run_id: str, width: int | None, depth: int | None) -> None:
         """Record the width and depth actually built (family defaults resolved)."""
         with self._connect() as db:
@@ -340,14 +409,29 @@ class ResultsStore:
 
     # -- epochs -----------------------------------------------------------------------------
 
-    def record_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, Any]) -> None:
+    @_retry_when_locked
+    def record_epoch(
+        self,
+        run_id: str,
+        epoch: int,
+        metrics: Mapping[str, Any],
+        iterations: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """One epoch's row and its per-iteration records (``train.track_every``) in one
+        transaction: a store write per epoch, not one per kind of record."""
         with self._connect() as db:
             db.execute(
                 "INSERT OR REPLACE INTO epochs (run_id, epoch, metrics) VALUES (?, ?, ?)",
                 (run_id, epoch, json.dumps(metrics)),
             )
+            if iterations:
+                db.executemany(
+                    "INSERT OR REPLACE INTO iterations (run_id, iteration, record) VALUES (?, ?, ?)",
+                    [(run_id, r["iteration"], json.dumps(r)) for r in iterations],
+                )
             db.execute("UPDATE runs SET updated_at=? WHERE run_id=?", (_now(), run_id))
 
+    @_retry_when_locked
     def replace_epochs(self, run_id: str, history: list[Mapping[str, Any]]) -> None:
         """Make the run's epochs exactly ``history`` (used on resume, in one transaction)."""
         with self._connect() as db:
@@ -366,6 +450,7 @@ class ResultsStore:
 
     # -- iterations (train.track_every) -----------------------------------------------------
 
+    @_retry_when_locked
     def record_iterations(self, run_id: str, records: list[Mapping[str, Any]]) -> None:
         """Add one epoch's per-iteration records (one transaction; a replayed one replaces)."""
         with self._connect() as db:
@@ -374,6 +459,7 @@ class ResultsStore:
                 [(run_id, r["iteration"], json.dumps(r)) for r in records],
             )
 
+    @_retry_when_locked
     def replace_iterations(self, run_id: str, records: list[Mapping[str, Any]]) -> None:
         """Make the run's records exactly ``records`` (on resume, from ``iterations.jsonl``)."""
         with self._connect() as db:
@@ -392,6 +478,7 @@ class ResultsStore:
 
     # -- evaluations ------------------------------------------------------------------------
 
+    @_retry_when_locked
     def add_evaluation(
         self,
         run_id: str | None,
@@ -438,6 +525,7 @@ class ResultsStore:
 
     # -- diagnostics ------------------------------------------------------------------------
 
+    @_retry_when_locked
     def add_diagnostic(
         self,
         run_id: str | None,
@@ -594,6 +682,49 @@ def _tables(path: Path) -> set[str]:
     except sqlite3.DatabaseError as exc:
         raise RunError(f"--store {str(path)!r} is not a results store (SQLite: {exc})") from None
     return {row[0] for row in rows}
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode with foreign keys on (the journal-mode switch of a new store
+    can meet a lock the busy handler does not wait for: retried)."""
+    for attempt in range(LOCKED_RETRIES):
+        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if not _is_locked(exc) or attempt == LOCKED_RETRIES - 1:
+                raise
+            _backoff(attempt)
+            continue
+        db.row_factory = sqlite3.Row
+        return db
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def _sqlite_full_named(path: Path) -> Iterator[None]:
+    """SQLite's "database or disk is full" as :class:`DiskFullError` naming the store."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            raise
+        raise DiskFullError(f"no space left on the device writing {str(path)!r} ({exc})") from None
+
+
+def _stored_version(path: Path) -> int | None:
+    """The schema version recorded in the store file ``path``, read without writing; None for
+    a file without one (new or empty)."""
+    if not path.exists() or "schema_info" not in _tables(path):
+        return None
+    db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    try:
+        row = db.execute("SELECT MAX(version) FROM schema_info").fetchone()
+    finally:
+        db.close()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def _upgrade(db: sqlite3.Connection) -> None:

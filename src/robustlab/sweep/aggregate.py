@@ -176,12 +176,21 @@ def aggregate(records: Sequence[RunRecord]) -> list[Cell]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The cell grid: rows x cols of one metric
+# The cell grid: rows x cols of one metric (or rows x metrics)
+
+# ``cols_key`` of a grid whose columns are metrics (:func:`build_metric_table`).
+METRIC_KEY = "metric"
+# ``rows_key`` of a grid with one row per run (its id), for runs that share every setting.
+RUN_KEY = "run"
 
 
 @dataclass
 class Grid:
-    """``metric`` as mean ± std (n) for each (row value, column value), best per column."""
+    """``metric`` as mean ± std (n) for each (row value, column value), best per column.
+
+    A grid whose ``cols_key`` is :data:`METRIC_KEY` has one metric per column (``cols`` are
+    metric names, ``metric`` is empty) and ``percent_cols`` says which are in percent.
+    """
 
     metric: str
     rows_key: str
@@ -191,6 +200,15 @@ class Grid:
     stats: dict[tuple[int, int], Stat]
     best: set[tuple[int, int]]
     percent: bool
+    percent_cols: list[bool] | None = None
+
+    def metric_at(self, j: int) -> str:
+        """The metric of column ``j``."""
+        return str(self.cols[j]) if self.cols_key == METRIC_KEY else self.metric
+
+    def percent_at(self, j: int) -> bool:
+        """Whether column ``j`` is shown in percent points."""
+        return self.percent_cols[j] if self.percent_cols is not None else self.percent
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -247,17 +265,68 @@ def build_grid(
         j = _index(cols, value_of(record, cols_key))
         samples.setdefault((i, j), []).append(value)
     stats = {ij: Stat.of(vs) for ij, vs in samples.items()}
-    pick: Callable[..., Any] = min if lower_is_better(metric) else max
+    best = _best_per_column(stats, [metric] * len(cols))
+    return Grid(metric, rows_key, cols_key, rows, cols, stats, best, _is_percent(metric, stats))
+
+
+def build_metric_table(records: Sequence[RunRecord], rows_key: str, metrics: Sequence[str]) -> Grid:
+    """One row per value of ``rows_key`` (:data:`RUN_KEY`: per run), one column per metric,
+    each cell mean ± std over the finished runs of its row (a report's table when only one
+    axis, or none, varies).
+
+    Raises:
+        RunError: no finished run among ``records``.
+        ConfigError: a metric is unknown (the known ones are listed).
+    """
+    finished = [r for r in records if final_metrics(r)]
+    if not finished:
+        raise RunError(f"no finished runs ({len(records)} runs, none finished)")
+    known = sorted({m for r in finished for m in final_metrics(r)})
+    for metric in metrics:
+        if metric not in known:
+            raise ConfigError(
+                "--metric", metric, f"not a final metric of these runs; known: {', '.join(known)}"
+            )
+    if rows_key == RUN_KEY:
+        rows: list[Any] = list(dict.fromkeys(r.run_id for r in finished))
+    else:
+        rows = _ordered_values(finished, rows_key)
+    samples: dict[tuple[int, int], list[float]] = {}
+    for record in finished:
+        values = final_metrics(record)
+        i = _index(rows, record.run_id if rows_key == RUN_KEY else value_of(record, rows_key))
+        for j, metric in enumerate(metrics):
+            if metric in values:
+                samples.setdefault((i, j), []).append(values[metric])
+    stats = {ij: Stat.of(vs) for ij, vs in samples.items()}
+    percent_cols = [
+        _is_percent(m, {ij: s for ij, s in stats.items() if ij[1] == j})
+        for j, m in enumerate(metrics)
+    ]
+    best = _best_per_column(stats, list(metrics))
+    return Grid("", rows_key, METRIC_KEY, rows, list(metrics), stats, best, False, percent_cols)
+
+
+def _best_per_column(
+    stats: Mapping[tuple[int, int], Stat], metrics: Sequence[str]
+) -> set[tuple[int, int]]:
+    """The cells holding the best mean of their column (``metrics[j]``: column ``j``'s metric;
+    lowest for losses and times, highest otherwise); ties all count."""
     best = set()
-    for j in range(len(cols)):
+    for j, metric in enumerate(metrics):
+        pick: Callable[..., Any] = min if lower_is_better(metric) else max
         column = {ij: s for ij, s in stats.items() if ij[1] == j}
         if column:
             top = pick(s.mean for s in column.values())
             best |= {ij for ij, s in column.items() if s.mean == top}
-    percent = all(0.0 <= s.mean <= 1.0 for s in stats.values()) and any(
+    return best
+
+
+def _is_percent(metric: str, stats: Mapping[tuple[int, int], Stat]) -> bool:
+    """Accuracies and stabilities (fractions in [0, 1]) are shown in percent points."""
+    return all(0.0 <= s.mean <= 1.0 for s in stats.values()) and any(
         word in metric for word in ("acc", "stability")
     )
-    return Grid(metric, rows_key, cols_key, rows, cols, stats, best, percent)
 
 
 def _check_unmixed(
@@ -326,34 +395,59 @@ def _label(key: str, value: Any) -> str:
     return format_name_value(key, value) if not isinstance(value, str) else value
 
 
-def _cells_text(grid: Grid) -> list[list[str]]:
+def cell_texts(grid: Grid) -> list[list[str]]:
+    """Each cell as :func:`format_stat` writes it (``-`` for an empty cell), row by row."""
     out = []
     for i in range(len(grid.rows)):
         row = []
         for j in range(len(grid.cols)):
             stat = grid.stats.get((i, j))
-            row.append("-" if stat is None else format_stat(stat, grid.percent))
+            row.append("-" if stat is None else format_stat(stat, grid.percent_at(j)))
         out.append(row)
     return out
 
 
+def corner_label(grid: Grid) -> str:
+    """The top-left header: ``rows \\ cols``, or the rows' key for a table of metrics."""
+    if grid.cols_key == METRIC_KEY:
+        return grid.rows_key
+    return f"{grid.rows_key} \\ {grid.cols_key}"
+
+
+def column_label(grid: Grid, j: int) -> str:
+    """Column ``j``'s header: its value (``32``), or a metric with its unit."""
+    if grid.cols_key == METRIC_KEY:
+        return grid.metric_at(j) + (" (%)" if grid.percent_at(j) else "")
+    return _label(grid.cols_key, grid.cols[j])
+
+
+def row_label(grid: Grid, i: int) -> str:
+    return _label(grid.rows_key, grid.rows[i])
+
+
+def grid_note(grid: Grid) -> str:
+    """What the cells are and what bold means, one line."""
+    if grid.cols_key == METRIC_KEY:
+        return (
+            "mean ± std (runs) over seeds; bold: best in its column (lowest for losses and times)"
+        )
+    unit = " (%)" if grid.percent else ""
+    direction = "lowest" if lower_is_better(grid.metric) else "highest"
+    return f"{grid.metric}{unit}: mean ± std (runs) over seeds; bold: {direction} in its column"
+
+
 def render_markdown(grid: Grid) -> str:
     """A Markdown table; the best mean of each column in bold."""
-    corner = f"{grid.rows_key} \\ {grid.cols_key}"
-    header = [corner, *(_label(grid.cols_key, c) for c in grid.cols)]
+    header = [corner_label(grid), *(column_label(grid, j) for j in range(len(grid.cols)))]
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * len(grid.cols)) + "|",
     ]
-    for i, cells in enumerate(_cells_text(grid)):
+    for i, cells in enumerate(cell_texts(grid)):
         shown = [f"**{c}**" if (i, j) in grid.best else c for j, c in enumerate(cells)]
-        lines.append("| " + " | ".join([_label(grid.rows_key, grid.rows[i]), *shown]) + " |")
-    unit = " (%)" if grid.percent else ""
-    direction = "lowest" if lower_is_better(grid.metric) else "highest"
+        lines.append("| " + " | ".join([row_label(grid, i), *shown]) + " |")
     lines.append("")
-    lines.append(
-        f"{grid.metric}{unit}: mean ± std (runs) over seeds; bold: {direction} in its column"
-    )
+    lines.append(grid_note(grid))
     return "\n".join(lines)
 
 
@@ -364,8 +458,9 @@ def render_csv(grid: Grid) -> str:
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([f"{grid.rows_key}\\{grid.cols_key}", *grid.cols])
-    for i, cells in enumerate(_cells_text(grid)):
+    corner = grid.rows_key if grid.cols_key == METRIC_KEY else f"{grid.rows_key}\\{grid.cols_key}"
+    writer.writerow([corner, *grid.cols])
+    for i, cells in enumerate(cell_texts(grid)):
         writer.writerow(
             [grid.rows[i], *(c + ("*" if (i, j) in grid.best else "") for j, c in enumerate(cells))]
         )
@@ -376,26 +471,26 @@ def render_latex(grid: Grid) -> str:
     """A ``tabular`` (booktabs); the best of each column in bold."""
 
     def tex(text: str) -> str:
-        return text.replace("±", r"$\pm$").replace("_", r"\_")
+        return text.replace("±", r"$\pm$").replace("_", r"\_").replace("%", r"\%")
 
     lines = [
         r"\begin{tabular}{l" + "r" * len(grid.cols) + "}",
         r"\toprule",
         " & ".join(
             [
-                tex(f"{grid.rows_key} / {grid.cols_key}"),
-                *(tex(_label(grid.cols_key, c)) for c in grid.cols),
+                tex(corner_label(grid).replace(" \\ ", " / ")),
+                *(tex(column_label(grid, j)) for j in range(len(grid.cols))),
             ]
         )
         + r" \\",
         r"\midrule",
     ]
-    for i, cells in enumerate(_cells_text(grid)):
+    for i, cells in enumerate(cell_texts(grid)):
         shown = [
             r"\textbf{" + tex(c) + "}" if (i, j) in grid.best else tex(c)
             for j, c in enumerate(cells)
         ]
-        lines.append(" & ".join([tex(_label(grid.rows_key, grid.rows[i])), *shown]) + r" \\")
+        lines.append(" & ".join([tex(row_label(grid, i)), *shown]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines)
 

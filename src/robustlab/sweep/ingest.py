@@ -72,6 +72,7 @@ def ingest_run(store: ResultsStore, path: str | Path) -> Ingested:
         info = run.read_info()
         config = build_config(run.config_file)
         history = read_history(run)
+        iterations = run.read_iterations()  # train.track_every's records, if any
     except (OSError, ValueError, ConfigError) as exc:
         raise RunError(f"{str(path)!r}: cannot read the run ({exc})") from None
     run_id = str(info["run_id"])
@@ -89,6 +90,7 @@ def ingest_run(store: ResultsStore, path: str | Path) -> Ingested:
     store.set_model_shape(run_id, width, depth)
     store.set_sweep(run_id, info.get("sweep"), info.get("sweep_run"), info.get("values"))
     store.replace_epochs(run_id, history)
+    store.replace_iterations(run_id, iterations)
     selection = info.get("selection") or {}
     for which, summary in selection.items():
         _add_selection_evaluation(store, run_id, config, which, summary)

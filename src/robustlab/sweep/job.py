@@ -46,8 +46,10 @@ def run_planned(run: PlannedRun, *, threads: int | None = None, device: str | No
 
     Args:
         run: the planned run.
-        threads: CPU threads for torch's intra-op pool (the executor divides the cores between
-            its workers so they do not oversubscribe them); ``None`` keeps torch's default.
+        threads: the CPU cores this run may use (the executor divides the cores between its
+            workers so they do not oversubscribe them): the run's ``threads = 0`` (auto) picks
+            one thread or all of these by its model's size (:mod:`robustlab._threads`);
+            ``None``: every core of this process.
         device: the device to train on (round-robin assignment of GPUs); ``None`` keeps the
             config's ``device``.
 
@@ -55,12 +57,8 @@ def run_planned(run: PlannedRun, *, threads: int | None = None, device: str | No
         Exception: whatever training raised, after marking the run ``failed`` in ``run.json``.
         KeyboardInterrupt: Ctrl-C / SIGTERM (the run is marked ``interrupted``).
     """
-    import torch
-
     from ..training.runner import fit, prepare
 
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
     path = run.path
     existing = (path / "run.json").is_file() and (path / "config.toml").is_file()
     if existing:
@@ -77,7 +75,7 @@ def run_planned(run: PlannedRun, *, threads: int | None = None, device: str | No
         config = dataclasses.replace(config, device=device)
     run_id = run_id_of(run)
     try:
-        experiment = prepare(config)
+        experiment = prepare(config, cores=threads)
         if existing:
             run_dir.update_info(error=None)  # a retried run no longer shows its old failure
         else:

@@ -48,7 +48,7 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from ..config import RunConfig, build_config, load_toml
+from ..config import RunConfig, build_config, load_toml, merge_tables
 from ..errors import ConfigError, did_you_mean
 from ..rundir import with_absolute_paths
 from .plan import SEED_KEY, PlannedRun
@@ -345,7 +345,7 @@ def grid(spec: SweepSpec) -> list[dict[str, Any]]:
 def base_tree(spec: SweepSpec) -> dict[str, Any]:
     """Defaults' overrides shared by every run: the base file, then ``[base]``."""
     tree = load_toml(spec.base_file) if spec.base_file is not None else {}
-    return _merge(tree, _nest(spec.base))
+    return merge_tables(tree, _nest(spec.base))
 
 
 def expand(spec: SweepSpec, out: str | Path) -> list[PlannedRun]:
@@ -361,7 +361,7 @@ def expand(spec: SweepSpec, out: str | Path) -> list[PlannedRun]:
     runs: list[PlannedRun] = []
     by_name: dict[str, dict[str, Any]] = {}
     for point in grid(spec):
-        tree = _merge(shared, _nest(point))
+        tree = merge_tables(shared, _nest(point))
         try:
             # data.root absolute as a run records it (resolved here, where the sweep starts)
             config = with_absolute_paths(build_config(base=tree))
@@ -449,13 +449,3 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
             node = child
         node[parts[-1]] = value
     return tree
-
-
-def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for name, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(name), Mapping):
-            merged[name] = _merge(merged[name], value)
-        else:
-            merged[name] = value
-    return merged

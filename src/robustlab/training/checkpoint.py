@@ -3,13 +3,21 @@
 File layout: a header line ``ROBUSTLAB-CKPT 1 <sha256 of payload>\n`` followed by the payload,
 a :func:`torch.save` archive of a dict. A truncated or corrupted file fails its checksum and
 raises :class:`CheckpointError` instead of loading garbage.
+
+The last checkpoint (the one a resume starts from) keeps its predecessor: the new file is
+written to a temp file, read back and verified against its checksum, and only then does the
+old ``last.pt`` become ``last.prev.pt`` and the temp file ``last.pt`` (two renames). A resume
+whose ``last.pt`` is damaged falls back to ``last.prev.pt`` (see ``training.runner``); a kill
+between the renames leaves ``last.prev.pt`` alone, which is the same state ``last.pt`` held.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +31,51 @@ MAGIC = b"ROBUSTLAB-CKPT"
 VERSION = 1
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Serialize ``state`` and write it atomically (temp file + fsync + rename)."""
+def save_checkpoint(
+    path: str | Path, state: dict[str, Any], *, keep_previous: bool = False
+) -> None:
+    """Serialize ``state`` and write it atomically (temp file + fsync + rename).
+
+    With ``keep_previous`` (the last checkpoint), the written temp file is read back and its
+    checksum verified before anything is replaced, and the file it replaces is kept as
+    :func:`previous_checkpoint` (one generation).
+
+    Raises:
+        CheckpointError: the temp file read back does not match (the old files are untouched).
+        DiskFullError: the device is full (the old files are untouched).
+    """
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
     header = b"%s %d %s\n" % (MAGIC, VERSION, hashlib.sha256(payload).hexdigest().encode())
-    atomic_write_bytes(path, header + payload)
+    path = Path(path)
+
+    def verify_then_keep_previous(tmp: Path) -> None:
+        _verified_payload(tmp.read_bytes(), path)  # what is on the disk, not what was meant
+        if path.exists():
+            os.replace(path, previous_checkpoint(path))
+
+    atomic_write_bytes(
+        path,
+        header + payload,
+        fault_point="checkpoint-write",
+        before_replace=verify_then_keep_previous if keep_previous else None,
+    )
+
+
+def previous_checkpoint(path: str | Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the file ``path`` replaced: ``last.pt`` -> ``last.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def set_aside(path: str | Path) -> Path:
+    """Rename a damaged checkpoint to ``<name>.corrupt-<UTC time>`` (kept as evidence, never
+    deleted, and never read again as a checkpoint); returns the new path."""
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    os.replace(path, aside)
+    return aside
 
 
 def is_robustlab_checkpoint(path: str | Path) -> bool:
@@ -52,9 +98,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
+    payload = _verified_payload(data, path)
+    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+
+
+def _verified_payload(data: bytes, path: Path) -> bytes:
+    """The payload of a checkpoint file's bytes ``data``, after its header and checksum checks."""
     newline = data.find(b"\n")
     header = data[:newline].split(b" ") if newline > 0 else []
-    if len(header) != 3 or header[0] != MAGIC:
+    if len(header) != 3 or header[0] != MAGIC or not header[1].isdigit():
         raise CheckpointError(
             f"checkpoint {str(path)!r} is not a robustlab checkpoint (bad header)"
         )
@@ -67,7 +119,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"checkpoint {str(path)!r} fails its checksum (truncated or corrupted)"
         )
-    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+    return payload
 
 
 def capture_rng_state(device: str | torch.device | None = None) -> dict[str, Any]:

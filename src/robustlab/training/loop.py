@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import _faults
 from ..attacks import Attack
 from ..data import DeviceLoader, ImageDataset
 from ..data.loader import ShardedLoader
@@ -18,6 +19,7 @@ from ..progress import Progress
 from .distributed import all_reduce_sum
 from .eps_schedules import EpsSchedule
 from .methods import TrainingMethod, scaled_attack_gradients
+from .numerics import NumericGuard
 from .schedules import Schedule, ScheduleClock
 from .tracking import IterationTracker
 
@@ -42,6 +44,8 @@ class StepControls:
     precision: str = "fp32"
     scaler: torch.amp.GradScaler | None = None
     channels_last: bool = False
+    # Gradient clipping and the NaN / inf / explosion watch (train.max_grad_norm, ...).
+    guard: NumericGuard | None = None
 
     def apply(self, t: float, optimizer: torch.optim.Optimizer) -> tuple[float, float]:
         """Set the learning rate and the attack budget for progress ``t`` (epochs)."""
@@ -101,21 +105,35 @@ def train_step(
     the ranks' gradients is the gradient of the global batch's mean loss.
 
     With fp16 the training attack's loss is scaled too (:meth:`StepControls.attack_gradient_scale`),
-    so that its input gradients do not underflow to 0 in half precision."""
+    so that its input gradients do not underflow to 0 in half precision.
+
+    ``controls.guard`` clips the gradient (after unscaling) and folds the loss and gradient
+    norm into its on-device watch (:mod:`.numerics`; no host read here)."""
+    if _faults.ACTIVE:  # test-only fault injection (robustlab._faults)
+        _faults.trip("train-step")
     if controls.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     scale = controls.attack_gradient_scale(len(y), device)
     with controls.autocast(device), scaled_attack_gradients(scale):
         out = method(model, x, y)
+    if _faults.ACTIVE and (poison := _faults.poisoned("loss")) is not None:
+        out["loss"] = out["loss"] * poison  # a NaN/inf loss whose gradients poison the weights
     optimizer.zero_grad(set_to_none=True)
     loss = out["loss"] if loss_weight == 1.0 else out["loss"] * loss_weight
+    guard, norm = controls.guard, None
     if controls.scaler is not None:
         controls.scaler.scale(loss).backward()
+        if guard is not None:
+            norm = guard.clip(optimizer, controls.scaler)
         controls.scaler.step(optimizer)
         controls.scaler.update()
     else:
         loss.backward()
+        if guard is not None:
+            norm = guard.clip(optimizer, None)
         optimizer.step()
+    if guard is not None:
+        guard.observe(out["loss"], norm)
     method.after_step(model)
     return out
 

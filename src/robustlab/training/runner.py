@@ -6,10 +6,13 @@ before anything is written; :func:`fit` then creates or reopens the run director
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import _allocator
 from .._options import accepted_options, check_options
+from .._threads import resolve_threads, set_threads
 from ..attacks import ATTACKS, Attack, create_attack
 from ..config import DEVICES, RunConfig
 from ..data import DeviceLoader, ImageDataset, create_dataset
 from ..data.extra import MixedLoader, load_extra
 from ..data.loader import ShardedLoader
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DiskFullError, NumericalFaultError
 from ..evaluation import evaluate_robustness
 from ..evaluation.lipschitz import local_lipschitz
 from ..models import NormalizedModel, SnapshotEnsemble, count_parameters, create_model, family_spec
@@ -36,14 +41,20 @@ from . import distributed
 from .checkpoint import (
     capture_rng_state,
     load_checkpoint,
+    previous_checkpoint,
     restore_rng_state,
     save_checkpoint,
     seed_everything,
+    set_aside,
 )
+from .determinism import configure_backends
+from .distributed import all_reduce_sum
 from .eps_schedules import create_eps_schedule
 from .lam_schedules import create_lambda_schedule
+from .loggers import LoggerContext, LoggerGroup, open_loggers
 from .loop import StepControls, evaluate_epoch, evaluation_batches, train_one_epoch
 from .methods import METHODS, EpochContext, TrainingMethod
+from .numerics import NumericalFault, NumericGuard
 from .optim import OPTIMIZERS
 from .schedules import ScheduleClock, create_schedule
 from .spectral_clip import check_clippable, clip_spectral_norms
@@ -113,6 +124,8 @@ class Experiment:
     dist: distributed.DistributedContext | None = None
     # Per-iteration records (train.track_every), or None.
     tracker: IterationTracker | None = None
+    # With train.on_nan = "rollback": the state a rollback of the first epoch returns to.
+    initial_state: dict[str, Any] | None = None
 
     @property
     def is_main(self) -> bool:
@@ -258,6 +271,7 @@ def step_controls(config: RunConfig, attack: Attack, device: torch.device) -> St
         precision=t.precision,
         scaler=scaler,
         channels_last=t.channels_last,
+        guard=NumericGuard(t.max_grad_norm, t.grad_norm_limit),
     )
 
 
@@ -268,19 +282,12 @@ def evaluation_attack(config: RunConfig) -> Attack:
     )
 
 
-def configure_backends(device: torch.device) -> None:
-    """Backend settings for training on ``device``: on CUDA, cuDNN benchmarks the convolution
-    algorithms for each new input shape once and keeps the fastest (the shapes of a training run
-    repeat every step). The chosen algorithms may differ from run to run, so CUDA runs are not
-    bit-reproducible (nothing asks for that yet; a determinism key would turn this off)."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
-def prepare(config: RunConfig) -> Experiment:
+def prepare(config: RunConfig, cores: int | None = None) -> Experiment:
     """Load data, build model, method, attacks, optimizer and schedule; write nothing.
 
-    The global RNGs are seeded here, before the model is initialized.
+    The global RNGs are seeded here, before the model is initialized. torch's CPU threads are
+    set from ``threads`` (0: by the model's size within ``cores``, a sweep worker's share;
+    :mod:`robustlab._threads`).
 
     Raises:
         RobustlabError: for any invalid setting or missing data file.
@@ -289,7 +296,7 @@ def prepare(config: RunConfig) -> Experiment:
     dist = distributed.current()  # set up by `robustlab train` under torchrun
     if dist is not None:
         device = dist.device(device)  # cuda -> this rank's GPU, cuda:LOCAL_RANK
-    configure_backends(device)
+    configure_backends(device, deterministic=config.train.deterministic)
     seed_everything(config.seed)
     data = load_data(config, device)
     check_budgets(config, data)  # the checks robustlab config shares (validation.py)
@@ -297,6 +304,15 @@ def prepare(config: RunConfig) -> Experiment:
     model = build_model(spec).to(device)
     if config.train.init_from:
         load_initial_weights(model, spec, config.train.init_from)
+    threads = resolve_threads(
+        config.threads,
+        model,
+        (data.in_channels, data.image_size, data.image_size),
+        config.train.batch_size,
+        device.type,
+        cores,
+    )
+    set_threads(threads)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if config.train.spectral_clip is not None:
@@ -449,6 +465,7 @@ def _state(
         "config": exp.config.to_dict(),
         "model_spec": exp.model_spec,
         "tracker": exp.tracker.state_dict() if exp.tracker is not None else None,
+        "numerics": exp.controls.guard.state_dict() if exp.controls.guard is not None else None,
     }
 
 
@@ -463,18 +480,57 @@ def _model_state(exp: Experiment, epoch: int, metrics: dict[str, Any]) -> dict[s
     }
 
 
+def notice(message: str) -> None:
+    """One line on stderr about something the run did by itself (a fallback, a rollback)."""
+    print(f"robustlab: {message}", file=sys.stderr, flush=True)
+
+
+def has_checkpoint(run: RunDirectory) -> bool:
+    """Whether the run has a last checkpoint to resume from (or the one kept before it)."""
+    return run.last_checkpoint.exists() or previous_checkpoint(run.last_checkpoint).exists()
+
+
+def _resume_state(run: RunDirectory) -> dict[str, Any]:
+    """The last checkpoint; if it is damaged or missing, the one kept before it
+    (``last.prev.pt``), with a one-line notice, the damaged file renamed aside as evidence.
+
+    Raises:
+        CheckpointError: neither verifies (nothing is loaded, renamed or deleted).
+    """
+    last = run.last_checkpoint
+    previous = previous_checkpoint(last)
+    try:
+        return load_checkpoint(last, map_location="cpu")
+    except CheckpointError as exc:
+        if not previous.exists():
+            raise
+        problem = str(exc)
+    try:
+        state = load_checkpoint(previous, map_location="cpu")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{problem}; {exc}; no checkpoint to resume from") from None
+    kept = ""
+    if last.exists():
+        with contextlib.suppress(FileNotFoundError):  # another DDP rank set it aside first
+            kept = f"; kept as {set_aside(last).name}"
+    notice(f"{problem}{kept}; resuming from {previous.name} (epoch {state['epoch']})")
+    return state
+
+
 def _restore(
-    exp: Experiment, run: RunDirectory
+    exp: Experiment, run: RunDirectory, state: dict[str, Any] | None = None
 ) -> tuple[int, int, list[dict[str, Any]], dict[str, Any] | None]:
-    """Continue from the last checkpoint, on whatever device this run trains on now.
+    """Continue from the last checkpoint (or ``state``), on whatever device this run trains on now.
 
     The checkpoint is read onto the CPU and ``load_state_dict`` puts each tensor where it
     belongs: parameters and buffers are copied into the model's, optimizer state is cast to its
     parameter's device (except Adam's ``step`` counter, which torch keeps on the CPU so reading
     it costs no GPU sync), and the RNG states stay CPU ByteTensors as the RNG setters require.
+    A damaged last checkpoint falls back to the previous one (:func:`_resume_state`).
     """
-    state = load_checkpoint(run.last_checkpoint, map_location="cpu")
-    exp.model.load_state_dict(state["model"])
+    if state is None:
+        state = _resume_state(run)
+    _load_model_state(exp.model, state["model"], run)
     exp.optimizer.load_state_dict(state["optimizer"])
     exp.method.load_state_dict(state["method"])
     if exp.controls.scaler is not None and state.get("scaler") is not None:
@@ -488,7 +544,53 @@ def _restore(
         distributed.seed_rank(exp.config.seed, exp.dist)
     if exp.tracker is not None and state.get("tracker") is not None:
         exp.tracker.load_state_dict(state["tracker"])  # distances from the run's own θ₀
+    guard = exp.controls.guard
+    if guard is not None:  # a run rolled back before keeps its lowered learning rate
+        guard.load_state_dict(state.get("numerics"))
+        exp.controls.base_lr = exp.config.train.lr * guard.lr_scale
     return state["epoch"], state["step"], state["history"], state["best"]
+
+
+def check_resumable(exp: Experiment, run: RunDirectory) -> None:
+    """Refuse, before ``train --resume`` writes anything, a run whose last checkpoint holds
+    another architecture than its config.toml builds (an edited config, copied checkpoints).
+
+    A damaged last checkpoint is left to :func:`_resume_state`'s fallback (checked there).
+
+    Raises:
+        CheckpointError: names a mismatched tensor and both shapes (:func:`_load_model_state`).
+    """
+    try:
+        state = load_checkpoint(run.last_checkpoint, map_location="cpu")
+    except CheckpointError:
+        return
+    _check_architecture(exp.model, state["model"], run)
+
+
+def _load_model_state(model: nn.Module, weights: dict[str, Any], run: RunDirectory) -> None:
+    """``model.load_state_dict(weights)`` after :func:`_check_architecture` (torch's own error
+    is a multi-line list of every mismatched tensor)."""
+    _check_architecture(model, weights, run)
+    model.load_state_dict(weights)
+
+
+def _check_architecture(model: nn.Module, weights: dict[str, Any], run: RunDirectory) -> None:
+    """One line if ``weights`` do not fit ``model``: names one mismatched tensor, both shapes.
+
+    Raises:
+        CheckpointError: the tensor names or shapes differ.
+    """
+    theirs = {k: str(tuple(v.shape)) for k, v in weights.items()}
+    ours = {k: str(tuple(v.shape)) for k, v in model.state_dict().items()}
+    mismatch = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    if mismatch:
+        name = mismatch[0]
+        raise CheckpointError(
+            f"checkpoint {str(run.last_checkpoint)!r} holds another architecture than "
+            f"{str(run.config_file)!r} builds ({len(mismatch)} tensors differ, e.g. {name}: "
+            f"{theirs.get(name, 'absent')} there, {ours.get(name, 'absent')} here); "
+            "resume with the config the run was trained with"
+        )
 
 
 def _spectral_clip(exp: Experiment, epoch: int) -> dict[str, Any]:
@@ -583,20 +685,105 @@ def fit(
     run as interrupted once its process is gone (:func:`robustlab.rundir.shown_status`).
     """
     started = time.perf_counter()
-    try:
-        return _fit(
-            exp,
-            run,
-            run_id,
-            store,
-            resume=resume,
-            show_progress=show_progress,
-            on_epoch=on_epoch,
+    while True:
+        try:
+            return _fit(
+                exp,
+                run,
+                run_id,
+                store,
+                resume=resume,
+                show_progress=show_progress,
+                on_epoch=on_epoch,
+            )
+        except KeyboardInterrupt as exc:
+            if not exp.is_main:  # rank 0 records the interruption
+                raise
+            raise _mark_interrupted(exp, run, run_id, store, exc, started) from exc
+        except NumericalFault as fault:
+            if not _roll_back(exp, run, fault):
+                raise _mark_failed(exp, run, run_id, store, fault) from None
+            resume = True  # a rollback is a resume from the last checkpoint, in this process
+        except DiskFullError as exc:
+            raise _mark_disk_full(exp, run, run_id, store, exc) from None
+
+
+def _roll_back(exp: Experiment, run: RunDirectory, fault: NumericalFault) -> bool:
+    """``train.on_nan = "rollback"``: lower the learning rate for the run's resume from its last
+    checkpoint (written before the faulty epoch); False when rolling back is off or used up."""
+    train, guard = exp.config.train, exp.controls.guard
+    if train.on_nan != "rollback" or guard is None or guard.rollbacks >= train.nan_max_rollbacks:
+        return False
+    guard.rollbacks += 1
+    guard.lr_scale *= train.nan_lr_factor
+    if exp.tracker is not None:
+        exp.tracker.flush()  # the faulty epoch's records are dropped with it
+    if exp.is_main:
+        notice(
+            f"{fault}; rolled back to {_epoch_end(fault.epoch - 1)}, learning rate "
+            f"x{train.nan_lr_factor:g} (now {train.lr * guard.lr_scale:.4g}), rollback "
+            f"{guard.rollbacks}/{train.nan_max_rollbacks}"
         )
-    except KeyboardInterrupt as exc:
-        if not exp.is_main:  # rank 0 records the interruption
-            raise
-        raise _mark_interrupted(exp, run, run_id, store, exc, started) from exc
+        done = run.read_info().get("rollbacks", [])
+        entry = {"epoch": fault.epoch, "fault": fault.what, "lr_scale": guard.lr_scale}
+        run.update_info(rollbacks=[*done, entry])
+    return True
+
+
+def _epoch_end(epoch: int) -> str:
+    return f"the end of epoch {epoch}" if epoch else "the start of the run"
+
+
+def _mark_failed(
+    exp: Experiment,
+    run: RunDirectory,
+    run_id: str,
+    store: ResultsStore | None,
+    fault: NumericalFault,
+) -> NumericalFaultError:
+    """Record a run stopped by a numerical fault as ``failed`` (``run.json``'s ``error``, the
+    store's summary); the last checkpoint, of the last good epoch, is left as it is."""
+    train, guard = exp.config.train, exp.controls.guard
+    reason = str(fault)
+    if train.on_nan == "rollback" and guard is not None:
+        reason += f" after {guard.rollbacks} rollbacks (train.nan_max_rollbacks={train.nan_max_rollbacks})"
+    history = run.read_metrics()
+    if exp.is_main:
+        run.update_info(status="failed", error=reason, epochs_done=len(history))
+        if store is not None and store.has_run(run_id):
+            summary = {"final": history[-1] if history else {}, "error": reason}
+            store.finish_run(run_id, "failed", {**summary, "stopped_early": False})
+    kept = (
+        f"last good checkpoint: epoch {len(history)}, {str(run.last_checkpoint.resolve())!r}"
+        if history
+        else "no epoch finished (no checkpoint)"
+    )
+    return NumericalFaultError(f"{reason}; run marked failed; {kept}")
+
+
+def _mark_disk_full(
+    exp: Experiment,
+    run: RunDirectory,
+    run_id: str,
+    store: ResultsStore | None,
+    exc: DiskFullError,
+) -> DiskFullError:
+    """A full disk stops the run: every write before it is whole (atomic files, store
+    transactions), so the run is ``interrupted`` and resumes once there is space. Recording
+    that is itself a write, and may fail too: best effort."""
+    history: list[dict[str, Any]] = []
+    with contextlib.suppress(OSError, ValueError):
+        history = run.read_metrics()
+        if exp.is_main:
+            run.update_info(status="interrupted", error=str(exc), epochs_done=len(history))
+    with contextlib.suppress(OSError, ValueError):
+        if exp.is_main and store is not None and store.has_run(run_id):
+            store.finish_run(run_id, "interrupted", {"final": history[-1] if history else {}})
+    return DiskFullError(
+        f"{exc}; stopped after {len(history)}/{exp.config.train.epochs} epochs, the last good "
+        f"checkpoint kept; free space, then resume with: robustlab train --resume "
+        f"{run.path.resolve()}"
+    )
 
 
 def _mark_interrupted(
@@ -657,11 +844,16 @@ def _fit(
     start_epoch, step = 0, 0
     if main:
         run.remove_partial_writes()
-    if resume and run.last_checkpoint.exists():
+    if resume and has_checkpoint(run):
         start_epoch, step, history, best = _restore(exp, run)
+    elif resume and exp.initial_state is not None:  # a rollback of the first epoch
+        start_epoch, step, history, best = _restore(exp, run, copy.deepcopy(exp.initial_state))
     elif exp.rng_state is not None:
         restore_rng_state(exp.rng_state, exp.device)
         distributed.seed_rank(config.seed, exp.dist)
+    if config.train.on_nan == "rollback" and start_epoch == 0 and exp.initial_state is None:
+        # What a rollback of the first epoch returns to (it has no checkpoint before it).
+        exp.initial_state = copy.deepcopy(_state(exp, 0, 0, [], None))
     if main:
         run.rewrite_metrics(history)
         # The iterations the last checkpoint has done were recorded; later ones are redone.
@@ -678,9 +870,15 @@ def _fit(
             **process,
             parameters=count_parameters(exp.model),
             device=str(exp.device),
+            # What this process trains with (README: CPU speed): torch's CPU threads and the
+            # allocator settings (the CLI applies the tuned ones itself).
+            threads=torch.get_num_threads(),
+            malloc=_allocator.applied(),
             num_classes=exp.data.num_classes,  # chance level, for `robustlab calibrate-war`
             **({"world_size": exp.dist.world_size} if exp.dist is not None else {}),
         )
+    # Live loggers (train.loggers), rank 0 only, told a resumed run's history first.
+    loggers = _open_loggers(exp, run, run_id, history, step) if main else None
     wall_start = time.perf_counter()
     epochs = config.train.epochs
     for epoch in range(start_epoch, epochs):
@@ -702,6 +900,9 @@ def _fit(
                 )
             )
         step += len(exp.loader)
+        if exp.controls.guard is not None:  # before anything of the epoch is evaluated or saved
+            world, reduce = (exp.dist.world_size, all_reduce_sum) if exp.dist else (1, None)
+            exp.controls.guard.check(epoch + 1, world, reduce)
         iterations = exp.tracker.flush() if exp.tracker is not None else []
         # Inside the epoch's work, before its checkpoint: a resumed run continues from the
         # clipped weights, exactly as an uninterrupted one.
@@ -721,12 +922,15 @@ def _fit(
             run.append_iterations(iterations)
             best = _save_epoch(exp, run, epoch, step, metrics, history, best, rng_ranks)
         if store is not None:
-            store.record_epoch(run_id, epoch + 1, metrics)
-            store.record_iterations(run_id, iterations)
+            store.record_epoch(run_id, epoch + 1, metrics, iterations)  # one transaction
         if on_epoch is not None:
             on_epoch(metrics)
+        if loggers is not None:  # after the store: a dashboard never runs ahead of the record
+            loggers.log_epoch(metrics, iterations)
         if exp.dist is not None:  # no rank starts the next epoch before the checkpoint exists
             distributed.barrier()
+    if loggers is not None:
+        loggers.close()
     stopped = exp.method.stop_requested
     if not main:  # rank 0 runs the final evaluation and records the end of the run
         return FitResult(run_id, run.path, history, best)
@@ -755,6 +959,21 @@ def _fit(
     return FitResult(run_id, run.path, history, best, selection)
 
 
+def _open_loggers(
+    exp: Experiment, run: RunDirectory, run_id: str, history: list[dict[str, Any]], step: int
+) -> LoggerGroup | None:
+    """The run's live loggers (``train.loggers``), None when there are none; a resumed run's
+    (``history``: its epochs so far, ``step``: its iterations) is told what it has done."""
+    names = exp.config.train.loggers
+    if not names:
+        return None
+    context = LoggerContext(run.path.resolve(), run_id, exp.config.to_dict(), len(history), step)
+    loggers = open_loggers(names, context)
+    if context.resumed:
+        loggers.resume(history, run.read_iterations())
+    return loggers
+
+
 def _save_epoch(
     exp: Experiment,
     run: RunDirectory,
@@ -779,7 +998,11 @@ def _save_epoch(
         )
     if epoch + 1 in exp.config.train.save_epochs:
         save_checkpoint(run.epoch_checkpoint(epoch + 1), _model_state(exp, epoch + 1, metrics))
-    save_checkpoint(run.last_checkpoint, _state(exp, epoch + 1, step, history, best, rng_ranks))
+    save_checkpoint(
+        run.last_checkpoint,
+        _state(exp, epoch + 1, step, history, best, rng_ranks),
+        keep_previous=True,
+    )
     run.append_metrics(metrics)
     return best
 

@@ -29,12 +29,6 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..diagnostics.spectra import (
-    clip_conv_with_norm,
-    clip_linear_singular_values,
-    conv_operator_norm,
-    layer_input_sizes,
-)
 from ..errors import ConfigError
 
 CLIPPED_LAYERS = (nn.Linear, nn.Conv2d)
@@ -82,6 +76,15 @@ def clip_spectral_norms(model: nn.Module, sample: torch.Tensor, C: float) -> flo
         (with its stride where the stride divides the input size), as
         :func:`robustlab.diagnostics.spectra` reports it.
     """
+    # Imported here: the diagnostics package is only needed by runs that clip (issue 14's
+    # start-up time: a run imports what it uses).
+    from ..diagnostics.spectra import (
+        clip_conv_with_norm,
+        clip_linear_singular_values,
+        conv_operator_norm,
+        layer_input_sizes,
+    )
+
     sizes = layer_input_sizes(model, sample)
     largest = 0.0
     for name, module in _clipped_modules(model):

@@ -88,7 +88,8 @@ class ExecutorSettings:
         devices: devices to assign round-robin (``["cuda:0", "cuda:1"]``); ``None``: the runs'
             own ``device`` key decides.
         poll_s: how often ``wait`` looks at its jobs, in seconds.
-        threads: CPU threads per run; ``None``: the executor divides the cores between workers.
+        threads: CPU cores per run (a run's ``threads = 0`` uses one of them or all, by its
+            model's size); ``None``: the executor divides the cores between workers.
     """
 
     workers: int = 1

@@ -4,10 +4,12 @@ Each run is one ``python -m robustlab.sweep.job PLAN.json`` process (a fresh int
 state leaks between runs, and a crash or a kill ends one run, not the sweep). Two resources are
 shared out so that workers do not fight over them:
 
-* CPU threads: each worker gets ``max(1, cores // workers)`` threads (``OMP_NUM_THREADS``,
-  ``MKL_NUM_THREADS`` and ``torch.set_num_threads``); by default torch starts one thread per core
-  in every process, and N processes x all cores threads oversubscribe the machine (on 2 cores,
-  two workers with 2 threads each run slower than one after the other).
+* CPU threads: each worker gets ``max(1, cores // workers)`` cores (``OMP_NUM_THREADS``,
+  ``MKL_NUM_THREADS``, and the run's share for its ``threads`` rule, which uses one thread for a
+  small model and all of the share for a large one: :mod:`robustlab._threads`); by default torch
+  starts one thread per core in every process, and N processes x all cores threads
+  oversubscribe the machine (on 2 cores, two workers with 2 threads each run slower than one
+  after the other).
 * GPUs: with several visible GPUs, worker slot ``i`` sees only GPU ``i mod count``
   (``CUDA_VISIBLE_DEVICES``), so runs are spread round-robin and never share a device while
   another is idle; ``settings.devices`` overrides the list.
