@@ -6,7 +6,7 @@ own ``runs/`` and store; nothing is left behind), then copies the chosen PNGs to
 one CPU thread, so the numbers are the same from one build to the next on a machine (floating
 point may differ on another CPU).
 
-    python docs/build.py            # all steps, about 5 minutes on 2 CPU cores
+    python docs/build.py            # all steps, about 1-2 minutes on 2 CPU cores
     python docs/build.py --keep DIR # keep the runs in DIR (to look at them, or to rerun a step)
     python docs/build.py --only wu2021,phase   # some steps (with --keep: reusing the runs)
 """
@@ -30,7 +30,9 @@ STORE = "runs/robustlab.db"
 # (the tiny sweeps' two epochs leave models near chance), its iterations tracked.
 DIGITS_SPEC = str(DOCS / "specs" / "digits-pgd.toml")
 DIGITS_RUN = "runs/digits-pgd/s0"
-# Xing et al.'s critical-eps study; its runs are named after a hash of their config.
+# Xing et al.'s critical-eps study; its runs are named after a hash of their config, which
+# changes whenever a config key is added: the commands name them with a shell glob, as a user
+# would type them (`clean-0-s0-*`), and run_step expands it.
 CRITICAL = "runs/critical-eps/docs"
 # Wu et al.'s width x λ x seed grid at the tiny scale, with enough epochs for curves.
 SPEC = str(DOCS / "specs" / "wu2021-tiny.toml")
@@ -105,12 +107,12 @@ STEPS = [
              "--eps", "8/255,32/255,64/255", "--out", CRITICAL, "--store", STORE],
             ["phase", "simulate", "--d", "10", "--n", "100", "--repeats", "100",
              "--out", "runs/phase/docs"],
-            ["diagnose", f"{CRITICAL}/clean-0-s0-8d29356ce7", "--what", "connectivity",
-             "--with", f"{CRITICAL}/eps-0.12549-s0-9e951edff5", "--objective", "natural",
+            ["diagnose", f"{CRITICAL}/clean-0-s0-*", "--what", "connectivity",
+             "--with", f"{CRITICAL}/eps-0.12549-s0-*", "--objective", "natural",
              "--eps", "32/255", "--n", "200", "--threads", "1", "--store", STORE],
         ],
         figures={
-            f"{CRITICAL}/clean-0-s0-8d29356ce7/diagnostics/last@3/connectivity.png": (
+            f"{CRITICAL}/clean-0-s0-*/diagnostics/last@3/connectivity.png": (
                 "xing2022-connectivity.png"
             ),
             f"{CRITICAL}/critical_eps.png": "xing2022-critical-eps.png",
@@ -136,9 +138,21 @@ def without_wall_time(text: str, column: str = "train s") -> str:
     return "\n".join(lines) + "\n"
 
 
+def expand(path: str, work: Path) -> str:
+    """``path`` with a shell glob (``*``) resolved under ``work``, as the shell would: it must
+    name exactly one file or directory."""
+    if "*" not in path:
+        return path
+    matches = sorted(work.glob(path))
+    if len(matches) != 1:
+        raise SystemExit(f"docs/build.py: {path!r} matches {len(matches)} paths; expected one")
+    return str(matches[0].relative_to(work))
+
+
 def run_step(step: Step, work: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     for i, command in enumerate(step.commands):
+        command = [expand(arg, work) for arg in command]
         shown = "robustlab " + " ".join(command)
         print(f"[{step.name}] {shown}", file=sys.stderr, flush=True)
         started = time.perf_counter()
@@ -157,7 +171,7 @@ def run_step(step: Step, work: Path) -> None:
             table = without_wall_time(done.stdout.replace(f"{work}/", ""))
             (FIGURES / step.tables[i]).write_text(table)
     for produced, name in step.figures.items():
-        shutil.copyfile(work / produced, FIGURES / name)
+        shutil.copyfile(work / expand(produced, work), FIGURES / name)
 
 
 def embed_tables(guide: Path = DOCS / "reproducing.md") -> None:
