@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -20,6 +22,23 @@ FAST_RUN = [
     "train.epochs=3",
     "train.batch_size=64",
     "train.lr=0.05",
+    "device=cpu",
+]
+
+
+# A run that trains in about a second with the fewest steps: the valid run directory that the
+# bad-input tests of eval, show and --out need (tests import it: `from conftest import TINY_RUN`).
+TINY_RUN = [
+    "data.name=synthetic",
+    "data.options.n_train=128",
+    "data.options.n_test=64",
+    "data.val_size=32",
+    "model.width=16",
+    "train.epochs=1",
+    "train.batch_size=64",
+    "attack.steps=1",
+    "eval.steps=1",
+    "eval.n_train=0",
     "device=cpu",
 ]
 
@@ -77,3 +96,25 @@ def robust_digits_mlp():
     for p in model.parameters():
         p.requires_grad_(False)
     return model, data.test_x.float() / 255, data.test_y
+
+
+@pytest.fixture
+def host_reads():
+    """A context manager recording every host read of a tensor inside it: float(tensor),
+    .item(), .tolist() and bool(tensor), each a host-device synchronization on a GPU."""
+
+    @contextlib.contextmanager
+    def record():
+        calls: list[str] = []
+        with pytest.MonkeyPatch.context() as patch:
+            for attr in ("__float__", "item", "tolist", "__bool__"):
+                original = getattr(torch.Tensor, attr)
+
+                def counted(self, *args, _name=attr, _original=original):
+                    calls.append(_name)
+                    return _original(self, *args)
+
+                patch.setattr(torch.Tensor, attr, counted)
+            yield calls
+
+    return record

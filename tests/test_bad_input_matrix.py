@@ -36,6 +36,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TINY_RUN
 from robustlab.cli.main import main
 from robustlab.errors import (
     AttackInputError,
@@ -49,21 +50,6 @@ from robustlab.errors import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-# A run that trains in about a second (synthetic 1 x 8 x 8 images, 96 training points).
-TINY = [
-    "data.name=synthetic",
-    "data.options.n_train=128",
-    "data.options.n_test=64",
-    "data.val_size=32",
-    "model.width=16",
-    "train.epochs=1",
-    "train.batch_size=64",
-    "attack.steps=1",
-    "eval.steps=1",
-    "eval.n_train=0",
-    "device=cpu",
-]
 
 
 def sets(*overrides: str) -> list[str]:
@@ -185,7 +171,7 @@ def spec(body: str) -> Callable[[Path], None]:
 
 def _tiny_tree() -> dict[str, Any]:
     tree: dict[str, Any] = {}
-    for item in TINY:
+    for item in TINY_RUN:
         key, value = item.split("=", 1)
         tree[key] = int(value) if value.isdigit() else value
     return tree
@@ -448,7 +434,7 @@ CLI_CASES = [
     # --- checkpoints
     CliCase(
         "checkpoint-other-architecture-init",
-        ["train", *sets(*TINY, "model.width=32", "train.init_from=RUN")],
+        ["train", *sets(*TINY_RUN, "model.width=32", "train.init_from=RUN")],
         ("train.init_from", "another architecture", "width 16 there, 32 here"),
     ),
     CliCase(
@@ -459,7 +445,7 @@ CLI_CASES = [
     ),
     CliCase(
         "checkpoint-not-a-checkpoint",
-        ["train", *sets(*TINY, "train.init_from=junk.pt")],
+        ["train", *sets(*TINY_RUN, "train.init_from=junk.pt")],
         ("train.init_from", "junk.pt", "not a robustlab checkpoint"),
         lambda t: write(t / "junk.pt", b"\x00junk" * 50),
     ),
@@ -472,7 +458,7 @@ CLI_CASES = [
     ),
     CliCase(
         "store-not-sqlite-train",
-        ["train", *sets(*TINY), "--out", "r", "--store", "notes.db"],
+        ["train", *sets(*TINY_RUN), "--out", "r", "--store", "notes.db"],
         ("--store", "notes.db", "not a results store"),
         not_sqlite,
     ),
@@ -497,25 +483,25 @@ CLI_CASES = [
     # --- outputs that cannot be written
     CliCase(  # issue 8 #11
         "out-is-a-file",
-        ["train", *sets(*TINY), "--out", "taken"],
+        ["train", *sets(*TINY_RUN), "--out", "taken"],
         ("--out", "taken", "is a file"),
         lambda t: write(t / "taken", "a file\n"),
     ),
     CliCase(  # issue 8 #11
         "out-uncreatable",
-        ["train", *sets(*TINY), "--out", "blocker/run"],
+        ["train", *sets(*TINY_RUN), "--out", "blocker/run"],
         ("--out", "blocker", "is a file"),
         lambda t: write(t / "blocker", "a file\n"),
     ),
     CliCase(  # issue 8 #11
         "store-uncreatable",
-        ["train", *sets(*TINY), "--out", "r", "--store", "blocker/sub/s.db"],
+        ["train", *sets(*TINY_RUN), "--out", "r", "--store", "blocker/sub/s.db"],
         ("--store", "blocker", "is a file"),
         lambda t: write(t / "blocker", "a file\n"),
     ),
     CliCase(
         "out-read-only",
-        ["train", *sets(*TINY), "--out", "locked/run"],
+        ["train", *sets(*TINY_RUN), "--out", "locked/run"],
         ("--out", "not writable"),
         monkeypatched=lambda mp, t: read_only(mp, t, "locked"),
     ),
@@ -589,7 +575,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     code = main(
         [
             "train",
-            *sets(*TINY),
+            *sets(*TINY_RUN),
             "--out",
             str(root / "run"),
             "--store",
@@ -777,7 +763,7 @@ def _init_from_other_architecture(tmp: Path, run: Path):
     from robustlab.config import build_config
     from robustlab.training.runner import prepare
 
-    return prepare(build_config(overrides=[*TINY, "model.width=32", f"train.init_from={run}"]))
+    return prepare(build_config(overrides=[*TINY_RUN, "model.width=32", f"train.init_from={run}"]))
 
 
 def _resume_other_architecture(tmp: Path, run: Path):

@@ -12,22 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TINY_RUN
 from robustlab.cli.main import main
 
-# A run that trains in about a second: the valid run directory the eval/show/--out cases need.
-TINY_RUN = [
-    "data.name=synthetic",
-    "data.options.n_train=128",
-    "data.options.n_test=64",
-    "data.val_size=32",
-    "model.width=16",
-    "train.epochs=1",
-    "train.batch_size=64",
-    "attack.steps=1",
-    "eval.steps=1",
-    "eval.n_train=0",
-    "device=cpu",
-]
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 

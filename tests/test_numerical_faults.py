@@ -193,23 +193,14 @@ def test_the_fault_keys_are_written_to_config_toml() -> None:
 
 
 def test_the_guard_reads_nothing_back_from_the_device_until_the_epoch_ends(
-    fast_run, one_thread
+    fast_run, one_thread, host_reads
 ) -> None:
     config = build_config(None, [*fast_run, "train.max_grad_norm=1", "train.grad_norm_limit=1e6"])
     exp = prepare(config)
     exp.method.craft = lambda model, x, y: x  # the attack's own reads are not the guard's
     x, y = exp.data.train_x[:64].float().div(255), exp.data.train_y[:64]
     train_step(exp.model, exp.method, exp.optimizer, exp.controls, x, y, exp.device)
-    calls: list[str] = []
-    with pytest.MonkeyPatch.context() as patch:
-        for attr in ("__float__", "item", "tolist", "__bool__"):
-            original = getattr(torch.Tensor, attr)
-
-            def counted(self, *args, _name=attr, _original=original):
-                calls.append(_name)
-                return _original(self, *args)
-
-            patch.setattr(torch.Tensor, attr, counted)
+    with host_reads() as calls:
         train_step(exp.model, exp.method, exp.optimizer, exp.controls, x, y, exp.device)
         assert calls == [], calls
         exp.controls.guard.check(epoch=1)  # the one read, at the epoch's end

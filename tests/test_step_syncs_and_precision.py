@@ -29,7 +29,9 @@ from robustlab.training.schedules import ScheduleClock
     ],
     ids=str,
 )
-def test_the_objective_reads_nothing_back_from_the_device(name, options, one_thread) -> None:
+def test_the_objective_reads_nothing_back_from_the_device(
+    name, options, one_thread, host_reads
+) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).train()
     x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
@@ -37,18 +39,8 @@ def test_the_objective_reads_nothing_back_from_the_device(name, options, one_thr
     method = create_method(name, attack=create_attack("pgd", eps=0.1, steps=1), **options)
     method.craft = lambda model, x, y: x_adv  # the attack's own reads are not the method's
     method(model, x, y)  # first call: λ moves to the batch's device
-    # Count every float(tensor), .item(), .tolist() and bool(tensor) during the second step: on a
-    # GPU each is a host-device synchronization.
-    calls: list[str] = []
-    with pytest.MonkeyPatch.context() as patch:
-        for attr in ("__float__", "item", "tolist", "__bool__"):
-            original = getattr(torch.Tensor, attr)
-
-            def counted(self, *args, _name=attr, _original=original):
-                calls.append(_name)
-                return _original(self, *args)
-
-            patch.setattr(torch.Tensor, attr, counted)
+    # Every host read of a tensor during the second step (on a GPU, a synchronization).
+    with host_reads() as calls:
         out = method(model, x, y)
         method.after_step(model)
     assert calls == [], calls

@@ -86,36 +86,7 @@ def test_evaluations_keep_core_columns_and_details(tmp_path) -> None:
     assert store.evaluations("other") == []
 
 
-# The schema of version 1, as stores written before pids and evaluation keys were recorded hold it.
-_SCHEMA_V1 = """
-CREATE TABLE schema_info (version INTEGER NOT NULL);
-INSERT INTO schema_info VALUES (1);
-CREATE TABLE runs (run_id TEXT PRIMARY KEY, run_dir TEXT NOT NULL, created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL, status TEXT NOT NULL, tag TEXT NOT NULL DEFAULT '', dataset TEXT NOT NULL,
-    model TEXT NOT NULL, width INTEGER, depth INTEGER, method TEXT NOT NULL, lam REAL,
-    norm TEXT NOT NULL, eps REAL NOT NULL, seed INTEGER NOT NULL, epochs INTEGER NOT NULL,
-    config TEXT NOT NULL, summary TEXT NOT NULL DEFAULT '{}');
-CREATE TABLE epochs (run_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
-    PRIMARY KEY (run_id, epoch));
-CREATE TABLE evaluations (eval_id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, created_at TEXT NOT NULL,
-    source TEXT NOT NULL, attack TEXT NOT NULL, norm TEXT NOT NULL, eps REAL NOT NULL, n INTEGER NOT NULL,
-    natural_accuracy REAL NOT NULL, robust_accuracy REAL NOT NULL, perturbation_stability REAL NOT NULL,
-    seconds REAL NOT NULL, details TEXT NOT NULL DEFAULT '{}');
-INSERT INTO runs VALUES ('old', '/runs/old', 't', 't', 'finished', '', 'digits', 'mlp', 256, 1,
-    'pgd_at', 1.0, 'Linf', 0.2, 0, 30, '{}', '{}');
-"""
-
-
-def test_a_version_1_store_is_upgraded_in_place(tmp_path) -> None:
-    with sqlite3.connect(tmp_path / "old.db") as db:
-        db.executescript(_SCHEMA_V1)
-    store = ResultsStore(tmp_path / "old.db", create=False)
-    (record,) = store.runs()
-    assert record.run_id == "old" and record.pid is None and record.host is None
-    store.upsert_run("new", tmp_path / "new", _config(), pid=123, host="h")
-    assert store.run("new").pid == 123 and store.run("new").host == "h"
-    db = sqlite3.connect(store.path)
-    assert db.execute("SELECT version FROM schema_info").fetchall() == [(SCHEMA_VERSION,)]
+# Older schemas (versions 1-4) and their upgrade: tests/test_store_concurrency.py.
 
 
 def test_the_same_measurement_is_stored_once(tmp_path) -> None:

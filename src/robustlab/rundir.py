@@ -341,3 +341,33 @@ def git_revision() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return rev + ("+dirty" if dirty else "")
+
+
+# Column order of metrics.jsonl, the README's schema table and `robustlab show`.
+METRIC_ORDER = (
+    "epoch",
+    "lr",
+    "eps",
+    "lam",
+    "train_loss",
+    "nat_risk",
+    "rob_reg",
+    "lipschitz",
+    "max_spectral_norm",
+    "train_nat_acc",
+    "train_rob_acc",
+    "train_stability",
+    "train_nat_loss",
+    "train_rob_loss",
+    "val_nat_acc",
+    "val_rob_acc",
+    "val_stability",
+    "val_nat_loss",
+    "val_rob_loss",
+    "test_nat_acc",
+    "test_rob_acc",
+    "test_stability",
+    "test_nat_loss",
+    "test_rob_loss",
+    "time_s",
+)

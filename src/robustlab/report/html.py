@@ -21,31 +21,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..rundir import shown_status
+from ..rundir import METRIC_ORDER, shown_status
 from ..store.sqlite import RunRecord
 from ..sweep import aggregate
 from ..sweep.aggregate import RUN_KEY, Grid, value_of
 from .grids import ReportTable, metric_title
 from .labels import format_eps
 
-# Per-epoch metrics shown in a run's section, in this order, when the run has them.
-EPOCH_COLUMNS = (
-    "epoch",
-    "lr",
-    "eps",
-    "lam",
-    "train_loss",
-    "nat_risk",
-    "rob_reg",
-    "train_nat_acc",
-    "train_rob_acc",
-    "val_rob_acc",
-    "test_nat_acc",
-    "test_rob_acc",
-    "test_stability",
-    "lipschitz",
-    "time_s",
+# Per-epoch metrics shown in a run's section when the run has them, in metrics.jsonl's column
+# order (a subset: the page has no room for every loss of every split).
+_SHOWN_PER_EPOCH = frozenset(
+    [
+        "epoch",
+        "lr",
+        "eps",
+        "lam",
+        "train_loss",
+        "nat_risk",
+        "rob_reg",
+        "lipschitz",
+        "train_nat_acc",
+        "train_rob_acc",
+        "val_rob_acc",
+        "test_nat_acc",
+        "test_rob_acc",
+        "test_stability",
+        "time_s",
+    ]
 )
+EPOCH_COLUMNS = tuple(key for key in METRIC_ORDER if key in _SHOWN_PER_EPOCH)
 # Short column headers of the runs' overview (a row must fit a laptop's screen).
 _SHORT = {
     "robust accuracy": "robust acc",

@@ -35,7 +35,7 @@ from ..evaluation.lipschitz import local_lipschitz
 from ..models import NormalizedModel, SnapshotEnsemble, count_parameters, create_model, family_spec
 from ..progress import Progress
 from ..report.labels import attack_settings, evaluation_label
-from ..rundir import RunDirectory
+from ..rundir import METRIC_ORDER, RunDirectory
 from ..store import ResultsStore
 from . import distributed
 from .checkpoint import (
@@ -1071,36 +1071,6 @@ SELECTION_KEYS = (
     "robust_loss",
     "n",
     "seconds",
-)
-
-
-# Column order of metrics.jsonl, the README's schema table and `robustlab show`.
-METRIC_ORDER = (
-    "epoch",
-    "lr",
-    "eps",
-    "lam",
-    "train_loss",
-    "nat_risk",
-    "rob_reg",
-    "lipschitz",
-    "max_spectral_norm",
-    "train_nat_acc",
-    "train_rob_acc",
-    "train_stability",
-    "train_nat_loss",
-    "train_rob_loss",
-    "val_nat_acc",
-    "val_rob_acc",
-    "val_stability",
-    "val_nat_loss",
-    "val_rob_loss",
-    "test_nat_acc",
-    "test_rob_acc",
-    "test_stability",
-    "test_nat_loss",
-    "test_rob_loss",
-    "time_s",
 )
 
 
