@@ -157,6 +157,18 @@ def test_bands_are_mean_and_population_std_over_seeds() -> None:
     assert data.mean == pytest.approx([0.3, 0.4]) and data.std == pytest.approx([0.1, 0.0])
 
 
+@pytest.mark.parametrize(
+    ("objective", "key"), [("natural", "train_nat_loss"), ("adversarial", "train_rob_loss")]
+)
+def test_connectivity_across_runs_draws_the_loss_the_curve_was_trained_on(objective, key) -> None:
+    from robustlab.report.figures.diagnostics import COMPARISONS
+
+    curve = {k: [9.0, 9.0] for k in ("train_nat_loss", "train_rob_loss", "test_rob_error")}
+    curve[key] = [0.5, 0.25]
+    summary = {"t": [0.0, 1.0], "objective": objective, "curve": curve}
+    assert COMPARISONS["connectivity"].points(summary) == [(0.0, 0.5), (1.0, 0.25)]
+
+
 def test_colours_are_one_per_value_and_the_same_in_every_figure(sweep: dict, drawn: list) -> None:
     assert colour_map([64, 16, 32, 16]) == {16: TAB10[0], 32: TAB10[1], 64: TAB10[2]}
     selection = Selection(sweep["store"], _grid(sweep))

@@ -158,6 +158,14 @@ def test_cells_hold_mean_std_count_of_every_final_metric(tmp_path):
     assert len(unfinished.runs) == 3  # the unfinished run does not count
 
 
+def test_budget_headers_read_as_budgets_not_as_run_name_parts() -> None:
+    grid = aggregate.Grid(
+        "test_rob_acc", "method.lam", "attack.eps", [1.0], [8 / 255, 0.2], {}, set(), True
+    )
+    assert [aggregate.column_label(grid, j) for j in range(2)] == ["8/255", "0.2"]  # not 8, 51
+    assert aggregate.row_label(grid, 0) == "1"
+
+
 def test_grid_marks_the_best_per_column_and_renders(tmp_path):
     records = _store_with_cells(tmp_path).sweep_runs("s")
     grid = aggregate.build_grid(records, "method.lam", "model.width", "test_rob_acc")

@@ -390,8 +390,13 @@ def format_stat(stat: Stat, percent: bool) -> str:
 
 
 def _label(key: str, value: Any) -> str:
-    from .spec import format_name_value
+    """A row or column header: a budget as it is written (``8/255``, ``0.2``: a run name's
+    ``8`` would read as 8, and 0.2 as ``51``), other values as in run names."""
+    from ..report.labels import format_eps
+    from .spec import PIXEL_KEYS, format_name_value
 
+    if isinstance(value, float) and key in PIXEL_KEYS:
+        return format_eps(value)
     return format_name_value(key, value) if not isinstance(value, str) else value
 
 

@@ -83,7 +83,7 @@ NAME_ALIASES: dict[str, str] = {
     SEED_KEY: "s",
 }
 # Budgets are written in 1/255 steps in the literature (8/255 -> eps8).
-_PIXEL_KEYS = ("attack.eps", "eval.eps", "attack.alpha", "eval.alpha")
+PIXEL_KEYS = ("attack.eps", "eval.eps", "attack.alpha", "eval.alpha")
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -419,7 +419,7 @@ def format_name_value(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):
-        levels = in_grey_levels(value) if key in _PIXEL_KEYS else None
+        levels = in_grey_levels(value) if key in PIXEL_KEYS else None
         return f"{levels:g}" if levels is not None else f"{value:g}"
     if isinstance(value, list):
         return "_".join(format_name_value(key, v) for v in value) if value else "none"

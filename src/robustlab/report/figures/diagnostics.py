@@ -154,6 +154,12 @@ def _loss_variation(summary: dict[str, Any]) -> list[tuple[float, float]]:
     return [(scale * x, y) for x, y in points]
 
 
+def _connectivity_loss(summary: dict[str, Any]) -> list[Any] | None:
+    """The training loss along the curve on the objective the curve was trained on."""
+    split = "train_rob_loss" if summary.get("objective") == "adversarial" else "train_nat_loss"
+    return (summary.get("curve") or {}).get(split)
+
+
 def _landscape_1d(summary: dict[str, Any]) -> list[Any] | None:
     loss = summary.get("loss")
     return loss if summary.get("dims") == 1 and isinstance(loss, list) else None
@@ -192,12 +198,15 @@ COMPARISONS: dict[str, Comparison] = {
     ),
     "connectivity": Comparison(
         "curve",
-        _pairs("t", lambda s: (s.get("curve") or {}).get("test_rob_error"), 100.0),
-        "position t on the Bezier curve between the two models",
-        "robust test error along the curve (%)",
+        _pairs("t", _connectivity_loss),
+        "position t on the Bezier curve (0: the run, 1: the model given with --with)",
+        "training loss along the curve (CE)",
         "Mode connectivity",
-        "Robust test error along the trained Bezier curve between two models (Garipov et al. "
-        "2018; Liu et al. 2020, Fig. 15; Xing et al. 2022, Fig. 4).",
+        "Training loss along the trained Bezier curve from each run (t = 0) to the model it "
+        "was compared with (t = 1), on the objective the curve was trained on, natural or "
+        "adversarial: a low curve means the two solutions are connected (Garipov et al. 2018; "
+        "Liu et al. 2020, Fig. 15; Xing et al. 2022, Fig. 4). The errors along it are in each "
+        "run's own connectivity figure.",
     ),
     "loss_variation": Comparison(
         "curve",
@@ -211,7 +220,7 @@ COMPARISONS: dict[str, Comparison] = {
         "curve",
         _pairs("a", lambda s: (s.get("similarity") or [None])[0]),
         "step a along the top Hessian eigenvector (θ ± a·v)",
-        "cosine similarity of the perturbations at θ + a·v and θ − a·v",
+        "cosine similarity of δ(θ + a·v) and δ(θ − a·v)",
         "Perturbation similarity",
         "How much the adversarial perturbations change when the weights move along the top "
         "eigenvector (Liu et al. 2020, §4.2, Fig. 3).",
