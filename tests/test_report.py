@@ -327,6 +327,10 @@ def test_without_matplotlib_the_report_is_its_tables_and_one_notice(sweep, tmp_p
         (["--cols", "method.lam", "--rows", "method.lam"], "--cols='method.lam'"),
         (["--metric", "robust_acc"], "--metric='robust_acc'.*known: .*last_robust_accuracy"),
         (["--out", "a_file"], "--out='a_file': is a file"),
+        (
+            ["--where", "model.widht=8"],
+            "'model.widht' is no config key; did you mean 'model.width'",
+        ),
     ],
     ids=[
         "empty-selection",
@@ -334,6 +338,7 @@ def test_without_matplotlib_the_report_is_its_tables_and_one_notice(sweep, tmp_p
         "same-axis-twice",
         "unknown-metric",
         "out-is-file",
+        "where-key-typo",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(sweep, tmp_path, capsys, args, words):

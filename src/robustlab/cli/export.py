@@ -67,7 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     where = parse_where(args.where)
-    check_where_keys(where)
     out = Path(args.out) if args.out is not None else None
     fmt = args.format or ("json" if out is not None and out.suffix == ".json" else "csv")
     if out is not None:
@@ -101,21 +100,6 @@ def _recorded_store(targets: Iterable[str]) -> Path | None:
             if recorded is not None:
                 return recorded
     return None
-
-
-def check_where_keys(where: Iterable[tuple[str, Any]]) -> None:
-    """Refuse a ``--where`` key that is no config key: a typo would match no run, and the
-    "no runs match" line would not say why."""
-    from ..config import all_keys
-    from ..errors import did_you_mean
-
-    known = set(all_keys())
-    free = tuple(f"{k}." for k in known if k.endswith(".options"))  # any option name
-    for key, value in where:
-        if key in known or key.startswith(free):
-            continue
-        hint = did_you_mean(key, known)
-        raise ConfigError(key, value, "unknown key" + (f"; did you mean {hint!r}?" if hint else ""))
 
 
 # -- the table ---------------------------------------------------------------------------------

@@ -268,8 +268,10 @@ def _status(args: argparse.Namespace, spec: SweepSpec) -> int:
 def _table(args: argparse.Namespace, spec: SweepSpec) -> int:
     missing = [f"--{flag}" for flag in ("rows", "cols", "metric") if getattr(args, flag) is None]
     if missing:
-        raise ConfigError(
-            missing[0], None, "`robustlab sweep table` needs --rows, --cols and --metric"
+        raise RunError(
+            f"`robustlab sweep table` needs --rows, --cols and --metric; missing: "
+            f"{', '.join(missing)} (e.g. --rows method.lam --cols model.width "
+            "--metric last_robust_accuracy; `robustlab report` chooses them itself)"
         )
     store = ResultsStore(args.store, create=False)
     records = store.sweep_runs(spec.name)

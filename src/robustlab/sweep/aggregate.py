@@ -126,8 +126,25 @@ def parse_where(items: Sequence[str]) -> list[tuple[str, Any]]:
             key, raw = parse_override(item)
         except ConfigError:
             raise ConfigError("--where", item, "expected KEY=VALUE, e.g. model.width=10") from None
+        _check_key(key, item)
         pairs.append((key, _plain(raw.value)))
     return pairs
+
+
+def _check_key(key: str, item: str) -> None:
+    """Refuse a key that is no config key: a typo would match no run, and "no runs match"
+    would not say why."""
+    from ..config import all_keys
+    from ..errors import did_you_mean
+
+    known = set(all_keys())
+    free = tuple(f"{k}." for k in known if k.endswith(".options"))  # any option name
+    if key in known or key.startswith(free):
+        return
+    hint = did_you_mean(key, known)
+    raise ConfigError(
+        "--where", item, f"{key!r} is no config key" + (f"; did you mean {hint!r}?" if hint else "")
+    )
 
 
 def _plain(value: Any) -> Any:
