@@ -169,6 +169,21 @@ def test_connectivity_across_runs_draws_the_loss_the_curve_was_trained_on(object
     assert COMPARISONS["connectivity"].points(summary) == [(0.0, 0.5), (1.0, 0.25)]
 
 
+def test_legends_write_budgets_as_budgets() -> None:
+    from robustlab.report.figures._base import axis_label
+
+    assert axis_label("attack.eps", 0.2) == "ε 0.2"  # not 51/255
+    assert axis_label("attack.eps", 8 / 255) == "ε 8/255"
+
+
+def test_tables_and_figures_agree_on_what_is_not_a_setting() -> None:
+    from robustlab.report.figures._base import NOT_AXES as FIGURE_NOT_AXES
+    from robustlab.report.selection import NOT_AXES
+
+    assert {"threads", "train.on_nan", "seed"} <= NOT_AXES
+    assert {"tag"} == (FIGURE_NOT_AXES - NOT_AXES)  # a table may have a row per tag
+
+
 def test_colours_are_one_per_value_and_the_same_in_every_figure(sweep: dict, drawn: list) -> None:
     assert colour_map([64, 16, 32, 16]) == {16: TAB10[0], 32: TAB10[1], 64: TAB10[2]}
     selection = Selection(sweep["store"], _grid(sweep))

@@ -27,19 +27,25 @@ from ..store.sqlite import RunRecord
 from ..sweep.aggregate import matches
 from ..sweep.plan import SEED_KEY
 
-# Config keys that differ between runs without being a setting of the experiment.
+# Config keys that differ between runs without being a setting of the experiment (where it
+# ran, how it was logged or guarded), so runs differing only there are seeds of one setting.
 NOT_AXES = frozenset(
     {
         SEED_KEY,
         "device",
+        "threads",
         "data.root",
         "data.download",
         "eval.batch_size",
         "train.compile",
         "train.channels_last",
+        "train.sync_bn",
         "train.save_epochs",
         "train.loggers",
         "train.init_from",
+        "train.max_grad_norm",
+        "train.grad_norm_limit",
+        "train.on_nan",
     }
 )
 # The keys a table prefers as its columns and as its rows (Wu et al.'s Table 1: rows λ,

@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 from ...registry import Registry
 from ...store.sqlite import RunRecord
+from ..labels import format_eps
+from ..selection import NOT_AXES as SELECTION_NOT_AXES
 
 # matplotlib's tab10 by name (not "C0".."C9", which follow a user's rcParams colour cycle).
 TAB10 = (
@@ -42,28 +44,8 @@ TAB10 = (
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
-# Config keys whose differences are not part of an experiment's design (where it ran, how it
-# was logged), so runs differing only there are seeds of one setting.
-NOT_AXES = frozenset(
-    {
-        "seed",
-        "device",
-        "threads",
-        "tag",
-        "data.root",
-        "data.download",
-        "eval.batch_size",
-        "train.compile",
-        "train.channels_last",
-        "train.sync_bn",
-        "train.save_epochs",
-        "train.loggers",
-        "train.init_from",
-        "train.max_grad_norm",
-        "train.grad_norm_limit",
-        "train.on_nan",
-    }
-)
+# The tables' NOT_AXES, and the tag: a table may have a row per tag, a figure's lines do not.
+NOT_AXES = SELECTION_NOT_AXES | {"tag"}
 # Keys preferred as the colour, then the line style, of a series, in this order (Wu et al.
 # Fig. 3: one colour per width, one line style per λ).
 PREFERRED_AXES = ("model.width", "method.lam", "attack.eps", "method.name", "model.name")
@@ -172,11 +154,9 @@ def colour_map(values: Iterable[Any], offset: int = 0) -> dict[Any, str]:
 
 
 def format_value(key: str, value: Any) -> str:
-    """A config value as a legend shows it: budgets in 1/255 when they are small image budgets."""
+    """A config value as a legend shows it: budgets as they are written (8/255, 0.2)."""
     if isinstance(value, float):
-        if key.endswith("eps") and 0 < value < 1 and abs(value * 255 - round(value * 255)) < 1e-6:
-            return f"{round(value * 255)}/255"
-        return f"{value:g}"
+        return format_eps(value) if key.endswith("eps") else f"{value:g}"
     return str(value)
 
 
