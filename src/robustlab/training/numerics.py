@@ -75,7 +75,7 @@ class NumericGuard:
         if self.max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            norm = total_norm([p.grad for p in params])
         if scaler is not None:
             # An overflowing fp16 step is the scaler's business (it skips the step and lowers its
             # scale), not an explosion of the true gradient.
@@ -129,3 +129,10 @@ class NumericGuard:
         if state:
             self.lr_scale = min(self.lr_scale, float(state["lr_scale"]))
             self.rollbacks = max(self.rollbacks, int(state["rollbacks"]))
+
+
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """||concat(tensors)||₂ on the device, no host read: one fused kernel for the per-tensor
+    norms (torch.nn.utils.get_total_norm does the same from torch 2.6; we support 2.3)."""
+    norms = torch._foreach_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))

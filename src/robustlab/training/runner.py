@@ -858,12 +858,13 @@ def _fit(
         run.rewrite_metrics(history)
         # The iterations the last checkpoint has done were recorded; later ones are redone.
         run.truncate_iterations(step)
+    recorded = run.read_iterations() if main else []  # for the store and the loggers
     process = {"pid": os.getpid(), "host": socket.gethostname()}  # see rundir.shown_status
     if store is not None:
         store.upsert_run(run_id, run.path.resolve(), config.to_dict(), **process)
         store.set_model_shape(run_id, exp.model_spec["width"], exp.model_spec["depth"])
         store.replace_epochs(run_id, history)
-        store.replace_iterations(run_id, run.read_iterations())
+        store.replace_iterations(run_id, recorded)
     if main:
         run.update_info(
             status="running",
@@ -878,59 +879,68 @@ def _fit(
             **({"world_size": exp.dist.world_size} if exp.dist is not None else {}),
         )
     # Live loggers (train.loggers), rank 0 only, told a resumed run's history first.
-    loggers = _open_loggers(exp, run, run_id, history, step) if main else None
+    loggers = _open_loggers(exp, run, run_id, history, recorded, step) if main else None
     wall_start = time.perf_counter()
-    epochs = config.train.epochs
-    for epoch in range(start_epoch, epochs):
-        if exp.method.stop_requested:
-            break
-        epoch_start = time.perf_counter()
-        with Progress(len(exp.loader), f"epoch {epoch + 1}/{epochs}", enabled=show_progress) as bar:
-            metrics: dict[str, Any] = {"epoch": epoch + 1}
-            metrics.update(
-                train_one_epoch(
-                    exp.train_model,
-                    exp.method,
-                    exp.loader,
-                    exp.optimizer,
-                    exp.controls,
-                    epoch,
-                    bar,
-                    tracker=exp.tracker,
+    # Closed however the loop ends: a rollback (train.on_nan) opens them again for its retry,
+    # and Ctrl-C or a fault must not leave writers open on the run directory.
+    try:
+        epochs = config.train.epochs
+        for epoch in range(start_epoch, epochs):
+            if exp.method.stop_requested:
+                break
+            epoch_start = time.perf_counter()
+            with Progress(
+                len(exp.loader), f"epoch {epoch + 1}/{epochs}", enabled=show_progress
+            ) as bar:
+                metrics: dict[str, Any] = {"epoch": epoch + 1}
+                metrics.update(
+                    train_one_epoch(
+                        exp.train_model,
+                        exp.method,
+                        exp.loader,
+                        exp.optimizer,
+                        exp.controls,
+                        epoch,
+                        bar,
+                        tracker=exp.tracker,
+                    )
                 )
+            step += len(exp.loader)
+            if exp.controls.guard is not None:  # before anything of the epoch is evaluated or saved
+                world, reduce = (exp.dist.world_size, all_reduce_sum) if exp.dist else (1, None)
+                exp.controls.guard.check(epoch + 1, world, reduce)
+            iterations = exp.tracker.flush() if exp.tracker is not None else []
+            # Inside the epoch's work, before its checkpoint: a resumed run continues from the
+            # clipped weights, exactly as an uninterrupted one.
+            metrics.update(_spectral_clip(exp, epoch))
+            metrics.update(_epoch_diagnostics(exp, epoch, show_progress))
+            metrics["time_s"] = time.perf_counter() - epoch_start
+            metrics = _ordered(metrics)
+            history.append(metrics)
+            # Every rank's random state, for an exact resume (a collective: all ranks call it).
+            rng_ranks = (
+                distributed.gather_objects(capture_rng_state(exp.device))
+                if exp.dist is not None
+                else None
             )
-        step += len(exp.loader)
-        if exp.controls.guard is not None:  # before anything of the epoch is evaluated or saved
-            world, reduce = (exp.dist.world_size, all_reduce_sum) if exp.dist else (1, None)
-            exp.controls.guard.check(epoch + 1, world, reduce)
-        iterations = exp.tracker.flush() if exp.tracker is not None else []
-        # Inside the epoch's work, before its checkpoint: a resumed run continues from the
-        # clipped weights, exactly as an uninterrupted one.
-        metrics.update(_spectral_clip(exp, epoch))
-        metrics.update(_epoch_diagnostics(exp, epoch, show_progress))
-        metrics["time_s"] = time.perf_counter() - epoch_start
-        metrics = _ordered(metrics)
-        history.append(metrics)
-        # Every rank's random state, for an exact resume (a collective: all ranks call it).
-        rng_ranks = (
-            distributed.gather_objects(capture_rng_state(exp.device))
-            if exp.dist is not None
-            else None
-        )
-        if main:
-            # Before the checkpoint: if it is not written, a resume drops these and redoes them.
-            run.append_iterations(iterations)
-            best = _save_epoch(exp, run, epoch, step, metrics, history, best, rng_ranks)
-        if store is not None:
-            store.record_epoch(run_id, epoch + 1, metrics, iterations)  # one transaction
-        if on_epoch is not None:
-            on_epoch(metrics)
-        if loggers is not None:  # after the store: a dashboard never runs ahead of the record
-            loggers.log_epoch(metrics, iterations)
-        if exp.dist is not None:  # no rank starts the next epoch before the checkpoint exists
-            distributed.barrier()
-    if loggers is not None:
-        loggers.close()
+            if main:
+                # Before the checkpoint: if it is not written, a resume drops these and redoes them.
+                run.append_iterations(iterations)
+                best = _save_epoch(exp, run, epoch, step, metrics, history, best, rng_ranks)
+            # A checkpoint exists now, and a rollback reloads it: the copy of the first state
+            # (a second model and optimizer on the device) is no longer needed.
+            exp.initial_state = None
+            if store is not None:
+                store.record_epoch(run_id, epoch + 1, metrics, iterations)  # one transaction
+            if on_epoch is not None:
+                on_epoch(metrics)
+            if loggers is not None:  # after the store: a dashboard never runs ahead of the record
+                loggers.log_epoch(metrics, iterations)
+            if exp.dist is not None:  # no rank starts the next epoch before the checkpoint exists
+                distributed.barrier()
+    finally:
+        if loggers is not None:
+            loggers.close()
     stopped = exp.method.stop_requested
     if not main:  # rank 0 runs the final evaluation and records the end of the run
         return FitResult(run_id, run.path, history, best)
@@ -960,17 +970,23 @@ def _fit(
 
 
 def _open_loggers(
-    exp: Experiment, run: RunDirectory, run_id: str, history: list[dict[str, Any]], step: int
+    exp: Experiment,
+    run: RunDirectory,
+    run_id: str,
+    history: list[dict[str, Any]],
+    recorded: list[dict[str, Any]],
+    step: int,
 ) -> LoggerGroup | None:
     """The run's live loggers (``train.loggers``), None when there are none; a resumed run's
-    (``history``: its epochs so far, ``step``: its iterations) is told what it has done."""
+    (``history``: its epochs so far, ``recorded``: its iteration records, ``step``: its
+    iterations) is told what it has done."""
     names = exp.config.train.loggers
     if not names:
         return None
     context = LoggerContext(run.path.resolve(), run_id, exp.config.to_dict(), len(history), step)
     loggers = open_loggers(names, context)
     if context.resumed:
-        loggers.resume(history, run.read_iterations())
+        loggers.resume(history, recorded)
     return loggers
 
 

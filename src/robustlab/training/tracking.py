@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .methods.base import crafted_examples
+from .numerics import total_norm
 
 # Iterations recorded at every step at each end of a run (Liu et al. Fig. 8 zooms on them).
 DENSE_ITERATIONS = 2000
@@ -107,9 +108,9 @@ class IterationTracker:
         device = out["loss"].device
         nan = torch.full((), float("nan"), device=device)
         grads = [p.grad for p in self.params if p.grad is not None]
-        grad_norm = _total_norm(grads) if grads else nan
+        grad_norm = total_norm(grads) if grads else nan
         weights = [p.detach() for p in self.params]
-        distance = _total_norm(torch._foreach_sub(weights, self.origin))
+        distance = total_norm(torch._foreach_sub(weights, self.origin))
         if self._logits is not None:
             logits = self._logits.float()
             rob_loss = F.cross_entropy(logits, y)
@@ -150,12 +151,6 @@ class IterationTracker:
         self.origin = [
             t.to(p.device, p.dtype) for t, p in zip(state["origin"], self.params, strict=True)
         ]
-
-
-def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """||concat(tensors)||₂ on the device: one fused kernel for the per-tensor norms."""
-    norms = torch._foreach_norm(tensors)
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
 
 
 def plot_iterations(

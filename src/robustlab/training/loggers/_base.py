@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import importlib.util
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -109,9 +108,6 @@ class LoggerGroup:
     def __init__(self, loggers: Sequence[RunLogger]) -> None:
         self.loggers = list(loggers)
         self._closed = False
-        # A run that ends in an exception (Ctrl-C, a numerical fault) is not closed by the loop;
-        # what each epoch logged was flushed already, the files and processes go at exit.
-        atexit.register(self.close)
 
     def log_epoch(
         self, metrics: Mapping[str, Any], iterations: Sequence[Mapping[str, Any]] = ()
@@ -143,7 +139,6 @@ class LoggerGroup:
         if self._closed:
             return
         self._closed = True
-        atexit.unregister(self.close)
         for logger in self.loggers:
             logger.close()
 

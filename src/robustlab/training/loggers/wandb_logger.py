@@ -32,8 +32,6 @@ class WandbLogger(RunLogger):
         import wandb
 
         run_id = wandb_id(context.run_id)
-        if wandb.run is not None and wandb.run.id == run_id:
-            wandb.run.finish()  # a rollback (train.on_nan) reopens the run in this process
         try:
             self.run: Any = wandb.init(
                 project=os.environ.get("WANDB_PROJECT", "robustlab"),
