@@ -177,29 +177,17 @@ def _tiny_tree() -> dict[str, Any]:
     return tree
 
 
+# An evaluation that saves its cascade state: run once to write the state, then again against
+# a model that changed since.
+EVAL_WITH_STATE = ["eval", "misfits:small", "--data", "synthetic", "--eps", "0.1", "--n", "16"]
+EVAL_WITH_STATE += ["--attack", "fgsm", "--state", "state.pt", "--store", "evals.db"]
+
+
 def state_of_another_model(tmp: Path) -> None:
     """An evaluation state saved for ``misfits:small`` (width 8), then the source changed so
     the same reference builds width 16 (issue 8 #4: resumed silently before)."""
     write(tmp / "misfits.py", MISFITS)
-    code = main(
-        [
-            "eval",
-            "misfits:small",
-            "--data",
-            "synthetic",
-            "--eps",
-            "0.1",
-            "--n",
-            "16",
-            "--attack",
-            "fgsm",
-            "--state",
-            "state.pt",
-            "--store",
-            "evals.db",
-            "--quiet",
-        ]
-    )
+    code = main([*EVAL_WITH_STATE, "--quiet"])
     assert code == 0
     sys.modules.pop("misfits", None)
     write(tmp / "misfits.py", MISFITS.replace("width=8", "width=16"))
@@ -538,22 +526,7 @@ CLI_CASES = [
     ),
     CliCase(  # issue 8 #4
         "eval-state-of-another-model",
-        [
-            "eval",
-            "misfits:small",
-            "--data",
-            "synthetic",
-            "--eps",
-            "0.1",
-            "--n",
-            "16",
-            "--attack",
-            "fgsm",
-            "--state",
-            "state.pt",
-            "--store",
-            "evals.db",
-        ],
+        EVAL_WITH_STATE,
         ("state.pt", "another model"),
         state_of_another_model,
         modules=("misfits",),
