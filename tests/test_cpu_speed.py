@@ -191,6 +191,9 @@ def test_default_threads_follow_the_work_of_a_training_batch():
     assert _threads.resolve_threads(3, small, (1, 8, 8), 128, "cpu", cores=4) == 3  # explicit
     assert _threads.auto_threads(_threads.FLOPS_PER_THREAD, 2) == 2
     assert _threads.auto_threads(_threads.FLOPS_PER_THREAD - 1, 2) == 1
+    # A sweep worker's share of 2 of 4 cores, the other worker busy on its 2: the share is free.
+    assert _threads.auto_threads(_threads.FLOPS_PER_THREAD, 2, load=2.0, machine=4) == 2
+    assert _threads.auto_threads(_threads.FLOPS_PER_THREAD, 2, load=3.0, machine=4) == 1
     assert _threads.other_load() >= 0
 
 

@@ -109,12 +109,17 @@ def other_load(samples: int = 5, interval_s: float = 0.002) -> float:
     return float(statistics.median(counts))
 
 
-def auto_threads(flops_per_batch: float, cores: int, load: float = 0.0) -> int:
+def auto_threads(
+    flops_per_batch: float, cores: int, load: float = 0.0, machine: int | None = None
+) -> int:
     """The default thread count for a training batch of ``flops_per_batch`` forward FLOPs on
-    ``cores`` cores while other work keeps ``load`` of them busy (see the module docstring)."""
+    ``cores`` cores (a sweep worker's share of the ``machine``'s; default: all of them) while
+    other work keeps ``load`` of the machine's cores busy (see the module docstring). The load
+    counts the machine, a sweep's other workers included, so it is taken from the machine's
+    cores, not from the share."""
     if flops_per_batch < FLOPS_PER_THREAD:
         return 1
-    return max(1, min(cores, cores - int(load)))
+    return max(1, min(cores, (machine or cores) - int(load)))
 
 
 def resolve_threads(
@@ -138,7 +143,8 @@ def resolve_threads(
     flops = forward_flops(model, input_shape) * batch_size
     if flops < FLOPS_PER_THREAD:
         return 1  # without sampling the load: a small run's set-up stays a few ms
-    return auto_threads(flops, cores, other_load() if load is None else load)
+    machine = max(cores, available_cores())
+    return auto_threads(flops, cores, other_load() if load is None else load, machine)
 
 
 def set_threads(threads: int) -> int:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..._threads import available_cores
 from ..plan import PlannedRun
 from . import EXECUTORS, Executor, ExecutorSettings, RunHandle
 
@@ -38,14 +39,6 @@ if TYPE_CHECKING:
 
 # How long terminated workers get to mark their runs interrupted before they are killed.
 TERMINATE_GRACE_S = 20.0
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, which containers and Slurm set)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
