@@ -301,6 +301,15 @@ def test_bad_images_are_rejected(name: str, corrupt: Corruption) -> None:
         make_attack(name, eps=0.1)(net, corrupt(x.clone()), y)
 
 
+def test_an_empty_batch_is_returned_but_its_labels_are_still_checked() -> None:
+    net = _bn_net().eval()
+    x, y = _batch()
+    attack = make_attack("pgd", eps=0.1)
+    assert attack(net, x[:0], y[:0]).shape == x[:0].shape
+    with pytest.raises(AttackInputError, match="labels must be integers"):
+        attack(net, x[:0], y[:0].float())
+
+
 @pytest.mark.parametrize("name", ATTACK_NAMES)
 @pytest.mark.parametrize(
     "corrupt",

@@ -85,7 +85,7 @@ class Attack(ABC):
             _check_inputs(x, y)
         y = y.long()  # any integer dtype is accepted; the losses take int64 targets
         if x.shape[0] == 0:
-            # An empty batch (the cascade's last, all points fooled already) has nothing to
+            # An empty batch (a library caller's filtered selection, say) has nothing to
             # perturb: returned as is, as torch's layers accept empty batches.
             return x.detach().clone()
         attacked = _FirstOutputCheck(model, x.shape[0], y) if self.check_inputs else model
@@ -111,15 +111,29 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
         raise AttackInputError(f"images must be floating point in [0, 1], got dtype {x.dtype}")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise AttackInputError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    check_unit_range(x)
+    check_labels(y)
+
+
+# The integer dtypes accepted as labels (the losses take them as int64).
+LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def check_unit_range(x: torch.Tensor) -> None:
+    """Raise :class:`AttackInputError` unless every value of ``x`` lies in [0, 1] (NaN fails);
+    one host read. Attacks are defined on the image box only."""
     if x.numel() == 0:
         return  # nothing to check (aminmax has no identity over an empty tensor)
     low, high = torch.aminmax(x)
-    # One sync; attacks are defined on the image box only. Written so that NaN fails too.
-    if not (low >= 0 and high <= 1):
+    if not (low >= 0 and high <= 1):  # written so that NaN fails too
         raise AttackInputError(
             f"images must lie in [0, 1], got values in [{low.item():.4g}, {high.item():.4g}]"
         )
-    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+
+
+def check_labels(y: torch.Tensor) -> None:
+    """Raise :class:`AttackInputError` unless ``y`` holds integers >= 0."""
+    if y.dtype not in LABEL_DTYPES:
         raise AttackInputError(f"labels must be integers, got dtype {y.dtype}")
     if y.numel() and y.min() < 0:
         raise AttackInputError(f"labels must be >= 0, got {y.min().item()}")

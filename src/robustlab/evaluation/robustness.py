@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..attacks import Attack, model_mode
+from ..attacks.base import check_labels, check_unit_range
 from ..errors import AttackInputError, ConfigError
 from .cascade import STABILITY_LABELS, CascadeState, run_cascade
 
@@ -199,9 +200,6 @@ def expand_attacks(attack: Attack | Mapping[str, Attack] | Sequence[Attack]) -> 
     return stages
 
 
-_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-
-
 def check_points(images: torch.Tensor, labels: torch.Tensor) -> None:
     """Refuse points an evaluation cannot mean anything on, before any work (and before a
     state file is written): no points, images and labels of different lengths, images that are
@@ -218,21 +216,14 @@ def check_points(images: torch.Tensor, labels: torch.Tensor) -> None:
         )
     if len(labels) == 0:
         raise AttackInputError("no points to evaluate: images and labels are empty (N = 0)")
-    if labels.dtype not in _LABEL_DTYPES:
-        raise AttackInputError(f"labels must be integers, got dtype {labels.dtype}")
-    if int(labels.min()) < 0:
-        raise AttackInputError(f"labels must be >= 0, got {int(labels.min())}")
+    check_labels(labels)
     if images.dtype == torch.uint8:
         return  # 0..255, mapped to [0, 1] per batch
     if not images.is_floating_point():
         raise AttackInputError(
             f"images must be uint8 (0..255) or floating point in [0, 1], got dtype {images.dtype}"
         )
-    low, high = torch.aminmax(images)
-    if not (low >= 0 and high <= 1):  # written so that NaN fails too
-        raise AttackInputError(
-            f"images must lie in [0, 1], got values in [{low.item():.4g}, {high.item():.4g}]"
-        )
+    check_unit_range(images)
 
 
 def evaluate_robustness(
