@@ -27,24 +27,14 @@ from typing import Any
 
 import torch
 
-# The Makefile's settings (what `make` exports; the CLI applies the same ones itself).
-TUNED_MALLOC = {
-    "MALLOC_MMAP_THRESHOLD_": "33554432",
-    "MALLOC_TRIM_THRESHOLD_": "4294967296",
-    "MALLOC_TOP_PAD_": "268435456",
-}
+from _timing import stats
+from robustlab._allocator import OPT_OUT, TUNED
+from robustlab._threads import available_cores
 
 # The small run of issue 14 point 11: a digits MLP trained with TRADES for 20 epochs.
-OVERHEAD_RUN = ["method.name=trades", "train.epochs=20", "device=cpu", "eval.final=false"]
-
-
-def _stats(times: list[float]) -> dict[str, float]:
-    return {
-        "median": statistics.median(times),
-        "min": min(times),
-        "max": max(times),
-        "runs": len(times),
-    }
+OVERHEAD_EPOCHS = 20
+OVERHEAD_RUN = ["method.name=trades", f"train.epochs={OVERHEAD_EPOCHS}", "device=cpu"]
+OVERHEAD_RUN += ["eval.final=false"]
 
 
 def _bare_env(**extra: str) -> dict[str, str]:
@@ -68,7 +58,7 @@ def _robustlab_train(env: dict[str, str], overrides: list[str], threads: int) ->
         subprocess.run(command, env=env, check=True, capture_output=True)
         wall = time.perf_counter() - start
         info = json.loads(Path(f"{tmp}/run/run.json").read_text())
-    if env.get("ROBUSTLAB_NO_MALLOC_TUNING") != "1" and not info.get("malloc"):
+    if env.get(OPT_OUT) != "1" and not info.get("malloc"):
         raise RuntimeError("the run did not record the allocator settings it ran with")
     return wall
 
@@ -89,8 +79,8 @@ def allocator_case(args: Any) -> dict[str, Any]:
     threads = args.allocator_threads
     runs = {
         "bare": _bare_env(),
-        "makefile": _bare_env(**TUNED_MALLOC),
-        "opt_out": _bare_env(ROBUSTLAB_NO_MALLOC_TUNING="1"),
+        "makefile": _bare_env(**TUNED),
+        "opt_out": _bare_env(**{OPT_OUT: "1"}),
     }
     times: dict[str, list[float]] = defaultdict(list)
     order = list(runs)
@@ -99,7 +89,7 @@ def allocator_case(args: Any) -> dict[str, Any]:
             wall = _robustlab_train(runs[name], ALLOCATOR_RUN, threads)
             if i:
                 times[name].append(wall)
-    ours, reference, untuned = (_stats(times[k]) for k in ("bare", "makefile", "opt_out"))
+    ours, reference, untuned = (stats(times[k]) for k in ("bare", "makefile", "opt_out"))
     return {
         "description": f"`robustlab train` (LeNet, 28x28, batch 128, PGD-5 AT, 2 epochs, {threads} thread) started without MALLOC_* ÷ with the Makefile's",
         "ours": ours, "reference": reference, "ratio": ours["median"] / reference["median"],
@@ -153,7 +143,7 @@ def threads_case(args: Any) -> dict[str, Any]:
     from robustlab._threads import forward_flops
     from robustlab.models import create_model
 
-    cores = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+    cores = max(2, available_cores())
     rows = {}
     for name, width in THREAD_MODELS:
         shape = (1, 8) if name == "mlp" else (3, 32)
@@ -172,7 +162,7 @@ def threads_case(args: Any) -> dict[str, Any]:
     first = next(iter(rows.values()))
     return {
         "description": f"PGD-3 AT step (batch 128), 1 thread ÷ {cores} threads: mlp (digits), lenet, preact_resnet18 width 16 (CIFAR shapes)",
-        "ours": _stats([first["one_thread_s"]]), "reference": _stats([first[f"{cores}_threads_s"]]),
+        "ours": stats([first["one_thread_s"]]), "reference": stats([first[f"{cores}_threads_s"]]),
         "ratio": first["ratio_1_over_all"], "target": None,
         "extra": {f"{k}_ratio_1_over_all": v["ratio_1_over_all"] for k, v in rows.items()} | {"models": rows},
     }  # fmt: skip
@@ -183,10 +173,10 @@ def threads_case(args: Any) -> dict[str, Any]:
 
 # What each part of an epoch is, as the names it is called by in ``robustlab.training.runner``.
 PARTS = {
-    "training": ("runner", "train_one_epoch"),
-    "evaluation": ("runner", "evaluate_epoch"),
-    "lipschitz": ("runner", "local_lipschitz"),
-    "checkpoint": ("runner", "save_checkpoint"),
+    "training": "train_one_epoch",
+    "evaluation": "evaluate_epoch",
+    "lipschitz": "local_lipschitz",
+    "checkpoint": "save_checkpoint",
 }
 STORE_PARTS = ("record_epoch", "record_iterations")
 
@@ -212,13 +202,10 @@ def _timing_parts(totals: dict[str, float]) -> Iterator[None]:
         originals.append((owner, attribute, original))
         setattr(owner, attribute, timed)
 
-    for part, (_, attribute) in PARTS.items():
+    for part, attribute in PARTS.items():
         wrap(runner, attribute, part)
     for attribute in STORE_PARTS:
-        if hasattr(ResultsStore, attribute):
-            wrap(ResultsStore, attribute, "store")
-    if hasattr(ResultsStore, "record_epoch_results"):
-        wrap(ResultsStore, "record_epoch_results", "store")
+        wrap(ResultsStore, attribute, "store")
     wrap(runner.RunDirectory, "append_metrics", "metrics_file")
     try:
         yield
@@ -258,7 +245,7 @@ def import_seconds(repeats: int) -> float:
             [sys.executable, "-m", "robustlab", "--help"],
             check=True,
             capture_output=True,
-            env={**os.environ, **TUNED_MALLOC},
+            env={**os.environ, **TUNED},
         )
         times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -292,7 +279,7 @@ def store_writes_per_epoch(repeats: int) -> dict[str, float]:
 def epoch_overhead_case(args: Any) -> dict[str, Any]:
     """Per epoch of the digits MLP TRADES run: training vs everything else (evaluation,
     Lipschitz, checkpoints, store, metrics file, the rest), and per run: imports and set-up."""
-    epochs = 20
+    epochs = OVERHEAD_EPOCHS
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # what the default thread rule gives a model this small
     runs = []
@@ -322,7 +309,7 @@ def epoch_overhead_case(args: Any) -> dict[str, Any]:
     }
     return {
         "description": f"digits MLP, TRADES, {epochs} epochs, 1 thread: per epoch, everything but training ÷ training",
-        "ours": _stats([other]), "reference": _stats([per_epoch["training"]]),
+        "ours": stats([other]), "reference": stats([per_epoch["training"]]),
         "ratio": other / per_epoch["training"], "target": None, "extra": extra,
     }  # fmt: skip
 

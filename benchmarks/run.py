@@ -18,7 +18,6 @@ import io
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import contextlib
 
 import cpu_speed
 import references
+from _timing import stats
 from robustlab.attacks import create_attack
 from robustlab.data import DeviceLoader, create_dataset
 from robustlab.evaluation import evaluate_robustness
@@ -65,15 +65,6 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     fn()
     _sync(device)
     return time.perf_counter() - start
-
-
-def stats(times: list[float]) -> dict[str, float]:
-    return {
-        "median": statistics.median(times),
-        "min": min(times),
-        "max": max(times),
-        "runs": len(times),
-    }
 
 
 def compare(
