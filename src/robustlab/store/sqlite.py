@@ -261,13 +261,14 @@ class ResultsStore:
         Raises:
             DiskFullError: the device is full (the transaction is rolled back whole).
         """
-        with disk_full_named(self.path), _sqlite_full_named(self.path):
+        with _sqlite_full_named(self.path):
             db = _open(self.path)
             try:
                 with db:
                     yield db
                     if _faults.ACTIVE and db.in_transaction:  # test-only (robustlab._faults)
-                        _faults.trip("store-write", self.path)
+                        with disk_full_named(self.path):  # an injected ENOSPC, as SQLite's
+                            _faults.trip("store-write", self.path)
             finally:
                 db.close()
 
@@ -424,11 +425,7 @@ class ResultsStore:
                 "INSERT OR REPLACE INTO epochs (run_id, epoch, metrics) VALUES (?, ?, ?)",
                 (run_id, epoch, json.dumps(metrics)),
             )
-            if iterations:
-                db.executemany(
-                    "INSERT OR REPLACE INTO iterations (run_id, iteration, record) VALUES (?, ?, ?)",
-                    [(run_id, r["iteration"], json.dumps(r)) for r in iterations],
-                )
+            _insert_iterations(db, run_id, iterations)
             db.execute("UPDATE runs SET updated_at=? WHERE run_id=?", (_now(), run_id))
 
     @_retry_when_locked
@@ -454,20 +451,14 @@ class ResultsStore:
     def record_iterations(self, run_id: str, records: list[Mapping[str, Any]]) -> None:
         """Add one epoch's per-iteration records (one transaction; a replayed one replaces)."""
         with self._connect() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO iterations (run_id, iteration, record) VALUES (?, ?, ?)",
-                [(run_id, r["iteration"], json.dumps(r)) for r in records],
-            )
+            _insert_iterations(db, run_id, records)
 
     @_retry_when_locked
     def replace_iterations(self, run_id: str, records: list[Mapping[str, Any]]) -> None:
         """Make the run's records exactly ``records`` (on resume, from ``iterations.jsonl``)."""
         with self._connect() as db:
             db.execute("DELETE FROM iterations WHERE run_id=?", (run_id,))
-            db.executemany(
-                "INSERT INTO iterations (run_id, iteration, record) VALUES (?, ?, ?)",
-                [(run_id, r["iteration"], json.dumps(r)) for r in records],
-            )
+            _insert_iterations(db, run_id, records)
 
     def iterations(self, run_id: str) -> list[dict[str, Any]]:
         with self._connect() as db:
@@ -752,3 +743,13 @@ def _record(row: sqlite3.Row) -> RunRecord:
     if data.get("sweep_values") is not None:
         data["sweep_values"] = json.loads(data["sweep_values"])
     return RunRecord(**data)
+
+
+def _insert_iterations(
+    db: sqlite3.Connection, run_id: str, records: Sequence[Mapping[str, Any]]
+) -> None:
+    """Per-iteration records into ``iterations`` (a replayed iteration replaces its row)."""
+    db.executemany(
+        "INSERT OR REPLACE INTO iterations (run_id, iteration, record) VALUES (?, ?, ?)",
+        [(run_id, r["iteration"], json.dumps(r)) for r in records],
+    )
