@@ -16,7 +16,6 @@ from ..report import render_table
 from ..report.labels import format_eps
 from ..rundir import check_can_create
 from ..store import ResultsStore
-from ..store.sqlite import check_store_location
 from ..sweep import aggregate
 from ..sweep.executors import EXECUTORS
 from ..sweep.spec import SweepSpec, expand, in_grey_levels, load_spec
@@ -146,10 +145,9 @@ def _run(args: argparse.Namespace, spec: SweepSpec) -> int:
 
     # Everything that can be refused is refused before the store or a run directory is made:
     # every run's config (expand validates them), then the output and store locations.
-    expand(spec, out)
+    runs = expand(spec, out)
     check_can_create(out, "--out")
-    check_store_location(Path(args.store), create=True)
-    store = ResultsStore(args.store)
+    store = ResultsStore(args.store)  # checks its location before it writes anything
     outcome = run_sweep(
         spec,
         out=out,
@@ -159,6 +157,7 @@ def _run(args: argparse.Namespace, spec: SweepSpec) -> int:
         retry_failed=args.retry_failed,
         threads=args.threads or None,  # 0: auto
         log=info,  # progress on stderr, also with --json (stdout holds only the answer)
+        runs=runs,
     )
     if args.json:
         emit_json(

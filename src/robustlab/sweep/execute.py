@@ -181,10 +181,13 @@ def run_sweep(
     log: Callable[[str], None] | None = None,
     poll_s: float = 1.0,
     threads: int | None = None,
+    runs: list[PlannedRun] | None = None,
 ) -> SweepOutcome:
-    """Run ``spec`` (see the module docstring); returns where every run stands at the end."""
+    """Run ``spec`` (see the module docstring); returns where every run stands at the end.
+    ``runs``: ``expand(spec, out)`` when the caller has it already (it validates every run's
+    config: the CLI expands before anything is written)."""
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    runs = expand(spec, out)
+    runs = runs if runs is not None else expand(spec, out)
     root = sweep_root(spec, out)
     outcome = SweepOutcome(runs)
     with sweep_lock(root):
