@@ -298,3 +298,15 @@ def test_a_full_disk_stops_the_run_with_one_line_and_resume_continues(
     assert _without_time(_metrics(run)) == fast_reference
     assert _without_time(store.epochs(record.run_id)) == fast_reference
     assert store.run(record.run_id).status == "finished"
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path) -> None:
+    # mkstemp makes its temp file 0600: results must stay readable by whoever the umask allows.
+    from robustlab._io import atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "config.toml", "x = 1\n")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "config.toml").stat().st_mode & 0o777 == 0o644

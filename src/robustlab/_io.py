@@ -60,6 +60,7 @@ def atomic_write_bytes(
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # as a plain open() makes it (mkstemp: 0600)
             if before_replace is not None:
                 before_replace(Path(tmp))
             os.replace(tmp, path)
@@ -67,6 +68,12 @@ def atomic_write_bytes(
             Path(tmp).unlink(missing_ok=True)
             raise
     fsync_directory(path.parent)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

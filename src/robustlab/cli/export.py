@@ -17,15 +17,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import ConfigError, RunError
+from .._io import atomic_write_bytes
+from ..errors import ConfigError, DiskFullError, RunError
 from ..report.selection import select_runs
 from ..rundir import RunDirectory, shown_status
 from ..store import DEFAULT_STORE, ResultsStore
@@ -212,25 +213,20 @@ def check_out_file(out: Path) -> None:
 
 
 def _write_atomically(out: Path, write: Callable[[TextIO], None]) -> None:
-    """Write through a temporary file renamed into place: a failure leaves no partial file."""
+    """Write through a temporary file renamed into place (:func:`atomic_write_bytes`): a
+    failure leaves no partial file, and no folder made for it."""
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    text = io.StringIO(newline="")
+    write(text)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    except OSError as exc:  # checks pass as root on a read-only or virtual file system
-        raise RunError(f"--out {str(out)!r}: cannot write there ({exc.strerror})") from None
-    try:
-        with open(fd, "w", encoding="utf-8", newline="") as handle:
-            write(handle)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would have made it (mkstemp: 0600)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        atomic_write_bytes(out, text.getvalue().encode("utf-8"))
+    except BaseException as exc:
         for directory in created:  # nothing left behind: the folders made for it go too
             with contextlib.suppress(OSError):
                 directory.rmdir()
+        if isinstance(exc, OSError) and not isinstance(exc, DiskFullError):
+            # The checks pass as root on a read-only or virtual file system.
+            raise RunError(f"--out {str(out)!r}: cannot write there ({exc.strerror})") from None
         raise
 
 
