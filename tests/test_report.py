@@ -354,6 +354,21 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(sweep, tmp_path, capsy
     assert (store.stat().st_mtime_ns, store.stat().st_size) == before
 
 
+def test_tables_figures_and_export_read_one_flat_config(sweep) -> None:
+    import dataclasses
+
+    from robustlab.report.selection import flat_config
+
+    record = ResultsStore(sweep["store"], create=False).sweep_runs(SWEEP)[0]
+    unset = {"model": {"name": "mlp", "width": None, "options": {"bias": True}}, "seed": 0}
+    record = dataclasses.replace(record, config=unset, width=64, depth=2, lam=None)
+    flat = flat_config(record)
+    # The width and depth the run built, where its config left the family's default.
+    assert flat["model.width"] == 64 and flat["model.depth"] == 2
+    assert flat["model.options.bias"] is True and "model.options" not in flat
+    assert flat_config(record, open_options=False)["model.options"] == {"bias": True}
+
+
 def test_targets_spec_dirs_ids_and_where_select_the_same_runs(sweep, tmp_path, capsys):
     store = ResultsStore(sweep["store"], create=False)
     from robustlab.report.selection import select_runs

@@ -21,13 +21,13 @@ import io
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
 from .._io import atomic_write_bytes
 from ..errors import ConfigError, DiskFullError, RunError
-from ..report.selection import select_runs
+from ..report.selection import flat_config, select_runs
 from ..rundir import RunDirectory, shown_status
 from ..store import DEFAULT_STORE, ResultsStore
 from ..store.sqlite import RunRecord
@@ -137,24 +137,6 @@ def epoch_table(
     # config keys are dotted, except seed, device and tag).
     metric_order = [m for m in metric_columns if m not in config_columns and m not in RUN_COLUMNS]
     return [*RUN_COLUMNS, *config_columns, *metric_order], rows
-
-
-def flat_config(record: RunRecord) -> dict[str, Any]:
-    """The run's config as dotted keys; ``model.width``/``model.depth`` left unset (the
-    family's standard) are the values the run actually built."""
-    flat = dict(_flatten(record.config))
-    for key, built in (("model.width", record.width), ("model.depth", record.depth)):
-        if flat.get(key) is None and built is not None:
-            flat[key] = built
-    return flat
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
-    for key, value in tree.items():
-        if isinstance(value, Mapping) and value:
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 # -- writers ---------------------------------------------------------------------------------

@@ -170,18 +170,24 @@ def select_runs(
 # -- what varies ------------------------------------------------------------------------------
 
 
-def flat_config(record: RunRecord) -> dict[str, Any]:
-    """The run's config as dotted keys (``model.width``), plus its sweep axes and ``tag``."""
+def flat_config(record: RunRecord, *, open_options: bool = True) -> dict[str, Any]:
+    """The run's config as dotted keys (``model.width``; ``options`` tables opened into their
+    keys, or kept whole with ``open_options=False``), the width, depth and λ the run actually
+    built where its config left the family's default, and its sweep axes."""
     out: dict[str, Any] = {}
 
     def walk(node: Mapping[str, Any], prefix: str) -> None:
         for key, value in node.items():
-            if isinstance(value, Mapping) and value:
+            if isinstance(value, Mapping) and value and (open_options or key != "options"):
                 walk(value, f"{prefix}{key}.")
             else:
                 out[f"{prefix}{key}"] = value
 
     walk(record.config, "")
+    built = {"model.width": record.width, "model.depth": record.depth, "method.lam": record.lam}
+    for key, value in built.items():
+        if out.get(key) is None and value is not None:
+            out[key] = value
     for key, value in (record.sweep_values or {}).items():
         out.setdefault(key, value)
     return out

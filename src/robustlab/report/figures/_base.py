@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ from ...registry import Registry
 from ...store.sqlite import RunRecord
 from ..labels import format_eps
 from ..selection import NOT_AXES as SELECTION_NOT_AXES
+from ..selection import flat_config
 
 # matplotlib's tab10 by name (not "C0".."C9", which follow a user's rcParams colour cycle).
 TAB10 = (
@@ -115,24 +116,6 @@ def register_figure(name: str, section: str) -> Callable[[FigureFunction], Figur
     return FIGURES.register(name, section=section)
 
 
-def flat_config(record: RunRecord) -> dict[str, Any]:
-    """The run's config as ``{"model.width": 32, ...}`` (``options`` tables kept whole); the width
-    and λ the run actually used (a family's default width resolved) from the run's row."""
-    out: dict[str, Any] = {}
-
-    def walk(table: Mapping[str, Any], prefix: str) -> None:
-        for key, value in table.items():
-            if isinstance(value, Mapping) and key != "options":
-                walk(value, f"{prefix}{key}.")
-            else:
-                out[f"{prefix}{key}"] = value
-
-    walk(record.config, "")
-    out["model.width"] = record.width if record.width is not None else out.get("model.width")
-    out["method.lam"] = record.lam if record.lam is not None else out.get("method.lam")
-    return out
-
-
 def _hashable(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
 
@@ -205,7 +188,7 @@ class Selection:
         self._epochs: dict[str, list[dict[str, Any]]] = {}
         self._iterations: dict[str, list[dict[str, Any]]] = {}
         self._diagnostics: dict[str, list[dict[str, Any]]] = {}
-        self.configs = {r.run_id: flat_config(r) for r in self.records}
+        self.configs = {r.run_id: flat_config(r, open_options=False) for r in self.records}
         self.axes = self._varying_keys()
         self.colour_key = self.axes[0] if self.axes else None
         self.style_key = self.axes[1] if len(self.axes) > 1 else None
