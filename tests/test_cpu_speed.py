@@ -278,3 +278,18 @@ def test_one_store_transaction_per_epoch_with_its_iteration_records(
 
 def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    "command", [["eval", "--attack", "fgsm"], ["diagnose", "--what", "margins"]]
+)
+def test_threads_flag_reaches_torch_in_eval_and_diagnose(
+    tmp_path, fast_run, restore_threads, command
+):
+    run, store = tmp_path / "run", str(tmp_path / "s.db")
+    argv = ["train", *_sets([*fast_run, "train.epochs=1", "eval.final=false"])]
+    assert main([*argv, "--out", str(run), "--store", store, "--quiet"]) == 0
+    for threads in (2, 1):
+        argv = [command[0], str(run), *command[1:], "--n", "16", "--threads", str(threads)]
+        assert main([*argv, "--store", store, "--quiet"]) == 0
+        assert torch.get_num_threads() == threads

@@ -134,28 +134,30 @@ def floats(flag: str, text: str | None) -> list[float] | None:
 
 def load_target(args: argparse.Namespace, device: torch.device) -> LoadedModel:
     """The model named on the command line, with ``--model-arg``, ``--checkpoint`` and the
-    ``--mean``/``--std`` normalization applied; torch's CPU threads set from ``--threads``."""
-    threads = checked_threads(getattr(args, "threads", None))
-    loaded = with_normalization(
+    ``--mean``/``--std`` normalization applied (``--threads`` checked first)."""
+    checked_threads(getattr(args, "threads", None))
+    return with_normalization(
         load_model(args.model, args.checkpoint, device, parse_model_args(args.model_args)),
         floats("--mean", args.mean),
         floats("--std", args.std),
     )
-    set_target_threads(loaded, threads, getattr(args, "batch_size", None), device)
-    return loaded
+
+
+def eval_batch_size(loaded: LoadedModel, requested: int | None) -> int:
+    """``--batch-size`` as given, else the run's ``eval.batch_size``, else 500."""
+    return requested or (loaded.config.eval.batch_size if loaded.config is not None else 500)
 
 
 def set_target_threads(
-    loaded: LoadedModel, threads: int | None, batch_size: int | None, device: torch.device
+    loaded: LoadedModel, threads: int | None, batch_size: int, device: torch.device
 ) -> int:
     """``--threads``: given, that count; 0 or not given, the rule of a training run
     (:mod:`robustlab._threads`) on the evaluation batch, when the checkpoint records the input
     shape (a TorchScript or ``module:function`` model keeps torch's default, every core)."""
     if threads or loaded.input_shape is None:
         return set_threads(threads or available_cores())
-    batch = batch_size or (loaded.config.eval.batch_size if loaded.config is not None else 500)
     return set_threads(
-        resolve_threads(0, loaded.model, loaded.input_shape, batch, torch.device(device).type)
+        resolve_threads(0, loaded.model, loaded.input_shape, batch_size, torch.device(device).type)
     )
 
 

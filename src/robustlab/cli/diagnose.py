@@ -62,11 +62,13 @@ from ._target import (
     check_budget,
     check_counts,
     data_config,
+    eval_batch_size,
     load_dataset,
     load_target,
     norm_setting,
     number,
     points,
+    set_target_threads,
 )
 
 SPLITS = {"train": ("train",), "test": ("test",), "both": ("train", "test")}
@@ -96,7 +98,7 @@ class Settings:
         self.eps_values = parse_eps(args.eps)
         for value in self.eps_values or ():
             check_budget(value, self.norm, args.eps)
-        self.batch_size = args.batch_size or (ev.batch_size if ev else 500)
+        self.batch_size = eval_batch_size(loaded, args.batch_size)
         self.stability_labels = args.stability_labels or (
             ev.stability_labels if ev else "predicted"
         )
@@ -1090,6 +1092,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, "--device")
     loaded = load_target(args, device)
     settings = Settings(args, loaded, device)
+    set_target_threads(loaded, args.threads, settings.batch_size, device)
     needed = _splits_needed(names, args.split)
     if "train" in needed and loaded.config is None and args.data is None:
         raise ConfigError(

@@ -41,8 +41,10 @@ from ._target import (  # noqa: F401  (ATTACK_OPTIONS, OPTION_FLAGS, build_attac
     build_attacks,
     check_counts,
     data_config,
+    eval_batch_size,
     load_target,
     load_test_points,
+    set_target_threads,
 )
 
 
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     check_counts(args)
     device = resolve_device(args.device, "--device")
     loaded = load_target(args, device)
+    set_target_threads(loaded, args.threads, eval_batch_size(loaded, args.batch_size), device)
     attacks = build_attacks(args, loaded)
     # a run's evaluations go to the store it recorded, wherever eval is started from
     store_path = store_for(args.store, loaded.run_dir)
@@ -175,7 +178,7 @@ def evaluate_model(
         RunError: ``state_path`` holds a state of another model, data, attacks or seed.
     """
     config = data_config(loaded, data, data_root)
-    batch_size = batch_size or (loaded.config.eval.batch_size if loaded.config else 500)
+    batch_size = eval_batch_size(loaded, batch_size)
     torch_device = torch.device(device)
     images, labels, num_classes = load_test_points(config, n, torch_device)
     stability_labels = stability_labels or (
