@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,3 +120,32 @@ def host_reads():
             yield calls
 
     return record
+
+
+def sets(overrides: Iterable[str]) -> list[str]:
+    """``["a=1", "b=2"]`` -> ``["--set", "a=1", "--set", "b=2"]`` (tests import it)."""
+    if isinstance(overrides, str):  # one string would be split into characters
+        raise TypeError("sets() takes a list of KEY=VALUE strings")
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def without_time(history: list[dict]) -> list[dict]:
+    """Per-epoch metrics without their wall time, the one number two equal runs differ in."""
+    return [{k: v for k, v in m.items() if k != "time_s"} for m in history]
+
+
+def train_cli(tmp_path: Path, overrides: list[str], *extra: str) -> int:
+    """``robustlab train`` of ``overrides`` into ``tmp_path/run`` and its store ``s.db``."""
+    from robustlab.cli.main import main
+
+    out = ["--out", str(tmp_path / "run"), "--store", str(tmp_path / "s.db"), "--quiet"]
+    return main(["train", *sets(overrides), *out, *extra])
+
+
+@pytest.fixture
+def fault():
+    """Arm ``robustlab._faults`` for this test only (the ROBUSTLAB_FAULT syntax)."""
+    from robustlab import _faults
+
+    yield _faults.configure
+    _faults.configure(None)

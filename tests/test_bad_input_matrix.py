@@ -36,7 +36,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY_RUN
+from conftest import TINY_RUN, sets
 from robustlab.cli.main import main
 from robustlab.errors import (
     AttackInputError,
@@ -50,10 +50,6 @@ from robustlab.errors import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def sets(*overrides: str) -> list[str]:
-    return [arg for o in overrides for arg in ("--set", o)]
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int] | None]:
@@ -244,14 +240,14 @@ CLI_CASES = [
     ),
     CliCase(  # issue 8 #15
         "set-malformed-list",
-        ["config", *sets("train.milestones=[10,")],
+        ["config", *sets(["train.milestones=[10,"])],
         ("train.milestones", "[10,", "malformed list"),
     ),
-    CliCase("set-without-equals", ["train", *sets("noequals")], ("--set", "KEY=VALUE")),
+    CliCase("set-without-equals", ["train", *sets(["noequals"])], ("--set", "KEY=VALUE")),
     # --- unknown keys, with suggestions
-    CliCase("unknown-key", ["train", *sets("attack.epss=0.1")], ("attack.epss", "'attack.eps'")),
+    CliCase("unknown-key", ["train", *sets(["attack.epss=0.1"])], ("attack.epss", "'attack.eps'")),
     CliCase(  # issue 8 #15: named the key, not a Python dict
-        "unknown-table", ["config", *sets("atack.eps=0.1")], ("atack.eps", "'attack.eps'")
+        "unknown-table", ["config", *sets(["atack.eps=0.1"])], ("atack.eps", "'attack.eps'")
     ),
     CliCase(
         "unknown-table-in-file",
@@ -260,21 +256,23 @@ CLI_CASES = [
         lambda t: write(t / "run.toml", "[trian]\nepochs = 3\n"),
     ),
     CliCase(
-        "unknown-leaf-elsewhere", ["train", *sets("eps=0.1")], ("eps", "'attack.eps' or 'eval.eps'")
+        "unknown-leaf-elsewhere",
+        ["train", *sets(["eps=0.1"])],
+        ("eps", "'attack.eps' or 'eval.eps'"),
     ),
     CliCase(  # issue 8 #15
         "unknown-model-option",
-        ["config", *sets("model.options.nosuch=1")],
+        ["config", *sets(["model.options.nosuch=1"])],
         ("model.options.nosuch", "mlp takes options"),
     ),
     CliCase(  # issue 8 #15
         "unknown-method-option",
-        ["config", *sets("method.name=trades", "method.options.detach_clen=true")],
+        ["config", *sets(["method.name=trades", "method.options.detach_clen=true"])],
         ("method.options.detach_clen", "detach_clean"),
     ),
     CliCase(
         "unknown-data-option",
-        ["train", *sets("data.name=synthetic", "data.options.n_trian=9")],
+        ["train", *sets(["data.name=synthetic", "data.options.n_trian=9"])],
         ("data.options.n_trian", "did you mean 'n_train'"),
     ),
     CliCase(
@@ -283,10 +281,12 @@ CLI_CASES = [
         ("axis", "did you mean 'axes'"),
         spec('[axis]\n"method.lam" = [1, 2]\n'),
     ),
-    CliCase("unknown-model-name", ["train", *sets("model.name=resnet9000")], ("resnet9000", "mlp")),
+    CliCase(
+        "unknown-model-name", ["train", *sets(["model.name=resnet9000"])], ("resnet9000", "mlp")
+    ),
     CliCase("unknown-attack-name", ["eval", "RUN", "--attack", "pgdd"], ("pgdd", "'pgd'")),
     # --- wrong types
-    CliCase("type-int", ["train", *sets("train.epochs=ten")], ("train.epochs", "ten", "integer")),
+    CliCase("type-int", ["train", *sets(["train.epochs=ten"])], ("train.epochs", "ten", "integer")),
     CliCase(
         "type-int-in-file",
         ["train", "run.toml"],
@@ -295,124 +295,126 @@ CLI_CASES = [
     ),
     CliCase(
         "type-bool",
-        ["train", *sets("attack.random_start=maybe")],
+        ["train", *sets(["attack.random_start=maybe"])],
         ("attack.random_start", "maybe", "true or false"),
     ),
-    CliCase("type-number", ["train", *sets("attack.eps=abc")], ("attack.eps", "abc", "number")),
-    CliCase("type-table", ["train", *sets("model=3")], ("model", "table of keys")),
+    CliCase("type-number", ["train", *sets(["attack.eps=abc"])], ("attack.eps", "abc", "number")),
+    CliCase("type-table", ["train", *sets(["model=3"])], ("model", "table of keys")),
     # --- out of range
-    CliCase("range-negative-eps", ["train", *sets("attack.eps=-0.1")], ("attack.eps", ">= 0")),
-    CliCase("range-linf-eps", ["train", *sets("attack.eps=1.5")], ("attack.eps", "Linf")),
+    CliCase("range-negative-eps", ["train", *sets(["attack.eps=-0.1"])], ("attack.eps", ">= 0")),
+    CliCase("range-linf-eps", ["train", *sets(["attack.eps=1.5"])], ("attack.eps", "Linf")),
     CliCase(  # found by the config round-trip property: its step underflowed to 0
-        "range-subnormal-eps", ["train", *sets("attack.eps=1e-40")], ("attack.eps", ">= 1.175e-38")
+        "range-subnormal-eps",
+        ["train", *sets(["attack.eps=1e-40"])],
+        ("attack.eps", ">= 1.175e-38"),
     ),
     CliCase(  # found by the config round-trip property: refused only once saved and re-read
         "contra-eval-norm-inherits-l2-budget",
-        ["train", *sets("attack.norm=L2", "attack.eps=2", "eval.norm=Linf")],
+        ["train", *sets(["attack.norm=L2", "attack.eps=2", "eval.norm=Linf"])],
         ("eval.eps", "2.0", "Linf", "set eval.eps"),
     ),
-    CliCase("range-width", ["train", *sets("model.width=0")], ("model.width", "> 0")),
-    CliCase("range-momentum", ["train", *sets("train.momentum=1")], ("train.momentum", "[0, 1)")),
+    CliCase("range-width", ["train", *sets(["model.width=0"])], ("model.width", "> 0")),
+    CliCase("range-momentum", ["train", *sets(["train.momentum=1"])], ("train.momentum", "[0, 1)")),
     CliCase(
-        "range-val-fraction", ["train", *sets("data.val_size=1.0")], ("data.val_size", "[0, 1)")
+        "range-val-fraction", ["train", *sets(["data.val_size=1.0"])], ("data.val_size", "[0, 1)")
     ),
     CliCase("range-eval-eps", ["eval", "RUN", "--eps", "2"], ("--eps", "2", "Linf")),
     CliCase("range-eval-steps", ["eval", "RUN", "--steps", "0"], ("--steps", "0", "> 0")),
     # --- contradictory settings
     CliCase(  # issue 8 #15
         "contra-lenet-depth",
-        ["config", *sets("model.name=lenet", "model.depth=3")],
+        ["config", *sets(["model.name=lenet", "model.depth=3"])],
         ("model.depth", "3"),
     ),
     CliCase(  # issue 8 #15
-        "contra-wrn-depth", ["config", *sets("model.name=wrn", "model.depth=30")], ("depth", "30")
+        "contra-wrn-depth", ["config", *sets(["model.name=wrn", "model.depth=30"])], ("depth", "30")
     ),
     CliCase(  # issue 8 #15
         "contra-val-larger-than-train",
-        ["config", *sets("data.name=synthetic", "data.val_size=100000")],
+        ["config", *sets(["data.name=synthetic", "data.val_size=100000"])],
         ("data.val_size", "100000"),
     ),
     CliCase(  # issue 8 #15
         "contra-l2-beyond-diameter",
-        ["config", *sets("data.name=synthetic", "attack.norm=L2", "attack.eps=20")],
+        ["config", *sets(["data.name=synthetic", "attack.norm=L2", "attack.eps=20"])],
         ("attack.eps", "20", "L2 budget must be <= 13.86"),
     ),
     CliCase(
         "contra-milestones",
-        ["train", *sets("train.epochs=10", "train.milestones=[5,40]")],
+        ["train", *sets(["train.epochs=10", "train.milestones=[5,40]"])],
         ("train.milestones", "train.epochs=10"),
     ),
     CliCase(
         "contra-war-method",
-        ["train", *sets("method.name=clean", "method.lam_schedule=war", "method.zeta=3")],
+        ["train", *sets(["method.name=clean", "method.lam_schedule=war", "method.zeta=3"])],
         ("method.lam_schedule", "WAR adapts"),
     ),
     CliCase(
         "contra-awp-key",
-        ["train", *sets("method.name=pgd_at", "method.awp_gamma=0.01")],
+        ["train", *sets(["method.name=pgd_at", "method.awp_gamma=0.01"])],
         ("method.awp_gamma", "awp"),
     ),
     CliCase(
         "contra-resume-and-set",
-        ["train", "--resume", "RUN", *sets("train.epochs=2")],
+        ["train", "--resume", "RUN", *sets(["train.epochs=2"])],
         ("--resume",),
     ),
     # --- dataset files: missing, truncated, wrong format, empty
     CliCase(
         "mnist-missing",
-        ["train", *sets("data.name=mnist", "data.root=nodata")],
+        ["train", *sets(["data.name=mnist", "data.root=nodata"])],
         ("train-images-idx3-ubyte", "data.root"),
     ),
     CliCase(
         "mnist-truncated",
-        ["train", *sets("data.name=mnist", "data.root=mnist")],
+        ["train", *sets(["data.name=mnist", "data.root=mnist"])],
         ("t10k-images-idx3-ubyte",),
         lambda t: write_mnist(t / "mnist", t10k_images_idx3_ubyte="truncate"),
     ),
     CliCase(
         "mnist-wrong-magic",
-        ["train", *sets("data.name=mnist", "data.root=mnist")],
+        ["train", *sets(["data.name=mnist", "data.root=mnist"])],
         ("train-images-idx3-ubyte", "0x00000803"),
         lambda t: write_mnist(t / "mnist", train_images_idx3_ubyte="magic"),
     ),
     CliCase(
         "mnist-not-gzip",
-        ["train", *sets("data.name=mnist", "data.root=mnist")],
+        ["train", *sets(["data.name=mnist", "data.root=mnist"])],
         ("t10k-labels-idx1-ubyte.gz",),
         lambda t: write_mnist(t / "mnist", t10k_labels_idx1_ubyte="not-gzip"),
     ),
     CliCase(
         "mnist-empty",
-        ["train", *sets("data.name=mnist", "data.root=mnist")],
+        ["train", *sets(["data.name=mnist", "data.root=mnist"])],
         ("train-images-idx3-ubyte", "no images"),
         lambda t: write_mnist(t / "mnist", 0, 2, train_labels_idx1_ubyte=np.zeros(0, np.uint8)),
     ),
     CliCase(
         "mnist-label-out-of-range",
-        ["train", *sets("data.name=mnist", "data.root=mnist")],
+        ["train", *sets(["data.name=mnist", "data.root=mnist"])],
         ("t10k-labels-idx1-ubyte", "12", "expected 0..9"),
         lambda t: write_mnist(t / "mnist", t10k_labels_idx1_ubyte=np.array([12, 1], np.uint8)),
     ),
     CliCase(
         "cifar-missing",
-        ["train", *sets("data.name=cifar10", "data.root=nodata")],
+        ["train", *sets(["data.name=cifar10", "data.root=nodata"])],
         ("data_batch_1", "test_batch", "cs.toronto.edu"),
     ),
     CliCase(
         "cifar-truncated",
-        ["train", *sets("data.name=cifar10", "data.root=cifar")],
+        ["train", *sets(["data.name=cifar10", "data.root=cifar"])],
         ("data_batch_3",),
         lambda t: write_cifar10(t / "cifar", data_batch_3=truncated_pickle()),
     ),
     CliCase(
         "cifar-wrong-format",
-        ["train", *sets("data.name=cifar10", "data.root=cifar")],
+        ["train", *sets(["data.name=cifar10", "data.root=cifar"])],
         ("test_batch",),
         lambda t: write_cifar10(t / "cifar", test_batch=b"GIF89a, not a pickle"),
     ),
     CliCase(
         "cifar-wrong-shape",
-        ["train", *sets("data.name=cifar10", "data.root=cifar")],
+        ["train", *sets(["data.name=cifar10", "data.root=cifar"])],
         ("data_batch_1",),
         lambda t: write_cifar10(
             t / "cifar",
@@ -422,7 +424,7 @@ CLI_CASES = [
     # --- checkpoints
     CliCase(
         "checkpoint-other-architecture-init",
-        ["train", *sets(*TINY_RUN, "model.width=32", "train.init_from=RUN")],
+        ["train", *sets([*TINY_RUN, "model.width=32", "train.init_from=RUN"])],
         ("train.init_from", "another architecture", "width 16 there, 32 here"),
     ),
     CliCase(
@@ -433,7 +435,7 @@ CLI_CASES = [
     ),
     CliCase(
         "checkpoint-not-a-checkpoint",
-        ["train", *sets(*TINY_RUN, "train.init_from=junk.pt")],
+        ["train", *sets([*TINY_RUN, "train.init_from=junk.pt"])],
         ("train.init_from", "junk.pt", "not a robustlab checkpoint"),
         lambda t: write(t / "junk.pt", b"\x00junk" * 50),
     ),
@@ -446,7 +448,7 @@ CLI_CASES = [
     ),
     CliCase(
         "store-not-sqlite-train",
-        ["train", *sets(*TINY_RUN), "--out", "r", "--store", "notes.db"],
+        ["train", *sets([*TINY_RUN]), "--out", "r", "--store", "notes.db"],
         ("--store", "notes.db", "not a results store"),
         not_sqlite,
     ),
@@ -471,25 +473,25 @@ CLI_CASES = [
     # --- outputs that cannot be written
     CliCase(  # issue 8 #11
         "out-is-a-file",
-        ["train", *sets(*TINY_RUN), "--out", "taken"],
+        ["train", *sets([*TINY_RUN]), "--out", "taken"],
         ("--out", "taken", "is a file"),
         lambda t: write(t / "taken", "a file\n"),
     ),
     CliCase(  # issue 8 #11
         "out-uncreatable",
-        ["train", *sets(*TINY_RUN), "--out", "blocker/run"],
+        ["train", *sets([*TINY_RUN]), "--out", "blocker/run"],
         ("--out", "blocker", "is a file"),
         lambda t: write(t / "blocker", "a file\n"),
     ),
     CliCase(  # issue 8 #11
         "store-uncreatable",
-        ["train", *sets(*TINY_RUN), "--out", "r", "--store", "blocker/sub/s.db"],
+        ["train", *sets([*TINY_RUN]), "--out", "r", "--store", "blocker/sub/s.db"],
         ("--store", "blocker", "is a file"),
         lambda t: write(t / "blocker", "a file\n"),
     ),
     CliCase(
         "out-read-only",
-        ["train", *sets(*TINY_RUN), "--out", "locked/run"],
+        ["train", *sets([*TINY_RUN]), "--out", "locked/run"],
         ("--out", "not writable"),
         monkeypatched=lambda mp, t: read_only(mp, t, "locked"),
     ),
@@ -548,7 +550,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     code = main(
         [
             "train",
-            *sets(*TINY_RUN),
+            *sets([*TINY_RUN]),
             "--out",
             str(root / "run"),
             "--store",

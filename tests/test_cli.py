@@ -6,19 +6,16 @@ import json
 
 import pytest
 
+from conftest import sets
 from robustlab.cli.main import main
 from robustlab.config import build_config
-
-
-def _sets(items: list[str]) -> list[str]:
-    return [part for item in items for part in ("--set", item)]
 
 
 @pytest.fixture
 def trained(tmp_path, monkeypatch, capsys, fast_run):
     """A finished tiny run in tmp_path/run, trained through the CLI."""
     monkeypatch.chdir(tmp_path)
-    assert main(["train", *_sets(fast_run), "--out", "run", "--json"]) == 0
+    assert main(["train", *sets(fast_run), "--out", "run", "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -49,7 +46,7 @@ def test_train_json_is_one_object_with_final_and_best(trained, tmp_path) -> None
 
 def test_train_prints_a_table_without_json(tmp_path, monkeypatch, capsys, fast_run) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["train", *_sets([*fast_run, "train.epochs=1"]), "--quiet"]) == 0
+    assert main(["train", *sets([*fast_run, "train.epochs=1"]), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "natural acc" in out and "robust acc" in out and "stability" in out
     (run_dir,) = (tmp_path / "runs").glob("*-pgd_at-mlp-*")  # default run directory
@@ -61,7 +58,7 @@ def test_train_from_a_toml_file_with_overrides(tmp_path, monkeypatch, capsys, fa
     (tmp_path / "c.toml").write_text('[attack]\neps = "8/255"\nsteps = 2\n[train]\nepochs = 2\n')
     others = [item for item in fast_run if not item.startswith(("attack.", "train.epochs"))]
     assert (
-        main(["train", "c.toml", *_sets(others), "--set", "train.epochs=1", "--out", "r", "--json"])
+        main(["train", "c.toml", *sets(others), "--set", "train.epochs=1", "--out", "r", "--json"])
         == 0
     )
     result = json.loads(capsys.readouterr().out)
@@ -128,7 +125,7 @@ def _untimed_metrics(run_dir) -> list[dict]:
 def test_demo_runs_both_methods_and_prints_the_table(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     settings = ["model.width=32", "eval.n_train=0"]
-    assert main(["demo", "--epochs", "2", *_sets(settings), "--quiet"]) == 0
+    assert main(["demo", "--epochs", "2", *sets(settings), "--quiet"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
@@ -144,7 +141,7 @@ def test_demo_runs_both_methods_and_prints_the_table(tmp_path, monkeypatch, caps
     # inherit the random state the first run left behind).
     (demo_run,) = (tmp_path / "runs" / "demo").glob("*-pgd_at-*")
     train = ["method.name=pgd_at", "train.epochs=2", *settings]
-    assert main(["train", *_sets(train), "--out", "alone", "--quiet"]) == 0
+    assert main(["train", *sets(train), "--out", "alone", "--quiet"]) == 0
     assert _untimed_metrics(tmp_path / "alone") == _untimed_metrics(demo_run)
 
 

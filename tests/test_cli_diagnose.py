@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import sets
 from robustlab.cli import diagnose as diagnose_cli
 from robustlab.cli.main import main
 from robustlab.diagnostics import DIAGNOSTICS, DiagnosticResult, list_diagnostics
@@ -33,10 +34,6 @@ SMALL = {
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _sets(items: list[str]) -> list[str]:
-    return [part for item in items for part in ("--set", item)]
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A finished tiny run (synthetic 3x8x8 data, MLP; 256 training points less 64 for
@@ -48,7 +45,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        argv = ["train", *_sets(FAST_RUN), "--out", str(out), "--store", str(store), "--quiet"]
+        argv = ["train", *sets(FAST_RUN), "--out", str(out), "--store", str(store), "--quiet"]
         assert main(argv) == 0
     finally:
         torch.set_num_threads(previous)

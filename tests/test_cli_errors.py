@@ -12,14 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_RUN
+from conftest import TINY_RUN, sets
 from robustlab.cli.main import main
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [arg for o in overrides for arg in ("--set", o)]
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int] | None]:
@@ -38,7 +34,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished one-epoch run directory (outside every test's tmp_path)."""
     root = tmp_path_factory.mktemp("trained")
     out, store = root / "run", root / "store.db"
-    code = main(["train", *_sets(TINY_RUN), "--out", str(out), "--store", str(store), "--quiet"])
+    code = main(["train", *sets(TINY_RUN), "--out", str(out), "--store", str(store), "--quiet"])
     assert code == 0
     assert (out / "config.toml").is_file() and (out / "checkpoints" / "last.pt").is_file()
     return out
@@ -120,7 +116,7 @@ BAD_TRAIN = [
     ("overrides", "fragments"), BAD_TRAIN, ids=[" ".join(o) for o, _ in BAD_TRAIN]
 )
 def test_train_rejects_bad_config(rejects, overrides: list[str], fragments: list[str]) -> None:
-    rejects(["train", *_sets(overrides)], *fragments)
+    rejects(["train", *sets(overrides)], *fragments)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -189,7 +185,7 @@ def test_train_out_holding_a_run_is_left_untouched(
     existing = tmp_path / "existing"
     shutil.copytree(trained_run, existing)
     config = (existing / "config.toml").read_text()
-    rejects(["train", *_sets(TINY_RUN), "--out", "existing"], "--out", "existing", "--resume")
+    rejects(["train", *sets(TINY_RUN), "--out", "existing"], "--out", "existing", "--resume")
     assert (existing / "config.toml").read_text() == config
 
 
@@ -335,7 +331,7 @@ def test_a_store_that_is_not_sqlite(rejects, not_sqlite: Path, command: list[str
 def test_train_with_a_store_that_is_not_sqlite(rejects, not_sqlite: Path) -> None:
     # Refused before the run directory is made (rejects checks nothing was written).
     rejects(
-        ["train", *_sets(TINY_RUN), "--out", "r", "--store", "notes.db"],
+        ["train", *sets(TINY_RUN), "--out", "r", "--store", "notes.db"],
         "--store",
         "notes.db",
         "not a results store",
@@ -349,14 +345,14 @@ def test_a_store_of_another_program(rejects, tmp_path: Path) -> None:
         db.execute("CREATE TABLE contacts (name TEXT)")
     before = (tmp_path / "other.db").read_bytes()
     rejects(["runs", "--store", "other.db"], "other.db", "contacts", "not a robustlab")
-    rejects(["train", *_sets(TINY_RUN), "--out", "r", "--store", "other.db"], "other.db")
+    rejects(["train", *sets(TINY_RUN), "--out", "r", "--store", "other.db"], "other.db")
     assert (tmp_path / "other.db").read_bytes() == before
 
 
 def test_a_store_that_is_a_directory(rejects, tmp_path: Path) -> None:
     (tmp_path / "adir").mkdir()
     rejects(["runs", "--store", "adir"], "--store", "adir", "is a directory")
-    rejects(["train", *_sets(TINY_RUN), "--out", "r", "--store", "adir"], "adir", "directory")
+    rejects(["train", *sets(TINY_RUN), "--out", "r", "--store", "adir"], "adir", "directory")
 
 
 def test_eval_rejects_an_unknown_device(rejects, trained_run: Path) -> None:
@@ -366,7 +362,7 @@ def test_eval_rejects_an_unknown_device(rejects, trained_run: Path) -> None:
 
 def test_train_out_that_is_a_file(rejects, tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("a file\n")
-    rejects(["train", *_sets(TINY_RUN), "--out", "taken"], "--out", "taken", "is a file")
+    rejects(["train", *sets(TINY_RUN), "--out", "taken"], "--out", "taken", "is a file")
 
 
 @pytest.mark.parametrize(
@@ -382,7 +378,7 @@ def test_train_outputs_that_cannot_be_created(
     # A regular file where a directory must be made: refused even for root (tests run as
     # root, for whom a read-only directory is no obstacle).
     (tmp_path / "blocker").write_text("a file\n")
-    rejects(["train", *_sets(TINY_RUN), *flags], fragment, "blocker", "is a file")
+    rejects(["train", *sets(TINY_RUN), *flags], fragment, "blocker", "is a file")
 
 
 def test_demo_out_that_cannot_be_created(rejects, tmp_path: Path) -> None:
@@ -404,7 +400,7 @@ def test_train_out_in_a_read_only_directory(
         "access",
         lambda path, mode: str(path) != locked and real_access(path, mode),
     )
-    rejects(["train", *_sets(TINY_RUN), "--out", "locked/run"], "--out", "not writable")
+    rejects(["train", *sets(TINY_RUN), "--out", "locked/run"], "--out", "not writable")
 
 
 def _with_closed_stdout(argv: list[str], cwd: Path) -> tuple[int, str]:

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 
+from conftest import sets
 from robustlab.cli._sources import parse_model_args
 from robustlab.cli.main import main
 from robustlab.data import create_dataset
@@ -18,14 +19,10 @@ from robustlab.models import create_model
 from robustlab.store import ResultsStore
 
 
-def _sets(items: list[str]) -> list[str]:
-    return [part for item in items for part in ("--set", item)]
-
-
 @pytest.fixture
 def trained(tmp_path, monkeypatch, capsys, fast_run):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", *_sets(fast_run), "--out", "run", "--json"]) == 0
+    assert main(["train", *sets(fast_run), "--out", "run", "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -254,7 +251,7 @@ def test_autoattack_on_fewer_classes_needs_fewer_targets(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     five = [*fast_run, "data.options.num_classes=5", "train.epochs=1"]
-    assert main(["train", *_sets(five), "--out", "five", "--quiet"]) == 0
+    assert main(["train", *sets(five), "--out", "five", "--quiet"]) == 0
     capsys.readouterr()
     budget = ["--attack", "autoattack", "--steps", "3", "--queries", "20", "--eps", "0.02"]
     assert main(["eval", "five", *budget, "--json"]) == 2

@@ -6,13 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import sets
 from robustlab.cli.main import main
 from robustlab.config import build_config
 from robustlab.errors import ConfigError
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [arg for o in overrides for arg in ("--set", o)]
 
 
 def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -50,7 +47,7 @@ def test_config_refuses_what_train_refuses(
     overrides: list[str], fragment: str, tmp_path: Path, monkeypatch, capsys, one_thread
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    argv = [*_sets([*overrides, "device=cpu"])]
+    argv = [*sets([*overrides, "device=cpu"])]
     from_config = _error(["config", *argv], capsys)
     from_train = _error(["train", *argv, "--quiet"], capsys)
     assert from_config == from_train
@@ -61,7 +58,7 @@ def test_config_refuses_what_train_refuses(
 def test_config_accepts_and_writes_nothing(tmp_path: Path, monkeypatch, capsys, one_thread) -> None:
     monkeypatch.chdir(tmp_path)
     # An L2 budget equal to the digits' diameter sqrt(1*8*8) = 8 is the largest allowed.
-    argv = ["config", *_sets(["attack.norm=L2", "attack.eps=8", "model.name=lenet"])]
+    argv = ["config", *sets(["attack.norm=L2", "attack.eps=8", "model.name=lenet"])]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert build_config(None, ["attack.norm=L2"]).attack.norm in out

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import sets
 from robustlab import _allocator, _threads
 from robustlab.cli.main import main
 from robustlab.config import build_config
@@ -84,17 +85,13 @@ TINY = [
 ]
 
 
-def _sets(items: list[str]) -> list[str]:
-    return [part for item in items for part in ("--set", item)]
-
-
 @pytest.mark.skipif(not _allocator.is_glibc(), reason="glibc only")
 def test_the_command_runs_with_the_tuned_allocator_and_records_it(tmp_path):
     """`robustlab train` started without MALLOC_*: the process that trains has them (run.json
     records the settings and torch's threads); exit codes as before (0, and 2 with one line
     for a wrong key, nothing written). The opt-out is the unit test's above."""
     outputs = ["--store", str(tmp_path / "s.db"), "--quiet"]
-    base = [sys.executable, "-m", "robustlab", "train", *_sets([*TINY, "train.epochs=1"])]
+    base = [sys.executable, "-m", "robustlab", "train", *sets([*TINY, "train.epochs=1"])]
     done = subprocess.run(
         [*base, "--threads", "1", "--out", str(tmp_path / "a"), *outputs],
         env=_bare_env(), cwd=tmp_path, capture_output=True, text=True,
@@ -116,7 +113,7 @@ def test_sigterm_reaches_the_reexecuted_run_which_marks_itself_interrupted(tmp_p
     the one training, a SIGTERM to it marks the run interrupted, exit code 128 + 15."""
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-m", "robustlab", "train", *_sets([*TINY, "train.epochs=100000"]),
+        [sys.executable, "-m", "robustlab", "train", *sets([*TINY, "train.epochs=100000"]),
          "--out", str(run_dir), "--store", str(tmp_path / "s.db"), "--quiet"],
         env=_bare_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -221,7 +218,7 @@ def test_threads_flag_reaches_torch_in_the_run_and_is_recorded(
     tmp_path, fast_run, restore_threads, threads
 ):
     out = tmp_path / "run"
-    argv = ["train", *_sets([*fast_run, "train.epochs=1", "eval.final=false"])]
+    argv = ["train", *sets([*fast_run, "train.epochs=1", "eval.final=false"])]
     argv += ["--threads", str(threads), "--out", str(out), "--store", str(tmp_path / "s.db")]
     assert main([*argv, "--quiet"]) == 0
     assert torch.get_num_threads() == threads
@@ -232,7 +229,7 @@ def test_threads_flag_reaches_torch_in_the_run_and_is_recorded(
 def test_auto_threads_give_a_small_model_one_thread(tmp_path, fast_run, restore_threads):
     torch.set_num_threads(2)
     out = tmp_path / "run"
-    argv = ["train", *_sets([*fast_run, "train.epochs=1", "eval.final=false"])]
+    argv = ["train", *sets([*fast_run, "train.epochs=1", "eval.final=false"])]
     assert main([*argv, "--out", str(out), "--store", str(tmp_path / "s.db"), "--quiet"]) == 0
     assert json.loads((out / "run.json").read_text())["threads"] == 1
 
@@ -264,7 +261,7 @@ def test_one_store_transaction_per_epoch_with_its_iteration_records(
 
     monkeypatch.setattr("robustlab.cli.train.fit", fit)
     out, store = tmp_path / "run", tmp_path / "s.db"
-    argv = ["train", *_sets([*fast_run, "train.track_every=2", "eval.final=false"])]
+    argv = ["train", *sets([*fast_run, "train.track_every=2", "eval.final=false"])]
     assert main([*argv, "--out", str(out), "--store", str(store), "--quiet"]) == 0
     assert [b - a for a, b in itertools.pairwise(per_epoch)] == [1, 1]
     monkeypatch.setattr(ResultsStore, "_connect", original)
@@ -287,7 +284,7 @@ def test_threads_flag_reaches_torch_in_eval_and_diagnose(
     tmp_path, fast_run, restore_threads, command
 ):
     run, store = tmp_path / "run", str(tmp_path / "s.db")
-    argv = ["train", *_sets([*fast_run, "train.epochs=1", "eval.final=false"])]
+    argv = ["train", *sets([*fast_run, "train.epochs=1", "eval.final=false"])]
     assert main([*argv, "--out", str(run), "--store", store, "--quiet"]) == 0
     for threads in (2, 1):
         argv = [command[0], str(run), *command[1:], "--n", "16", "--threads", str(threads)]

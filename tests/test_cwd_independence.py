@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import sets
 from robustlab.cli.main import main
 from robustlab.config import build_config
 from robustlab.store import ResultsStore
@@ -39,10 +40,6 @@ def _write_mnist(folder: Path) -> None:
         (folder / stem).write_bytes(header + array.tobytes())
 
 
-def _sets(overrides: list[str]) -> list[str]:
-    return [arg for o in overrides for arg in ("--set", o)]
-
-
 @pytest.fixture
 def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_run: list[str], one_thread):
     """``(A, B, run_dir)``: a one-epoch MNIST run trained in A with the defaults ``--out``,
@@ -54,7 +51,7 @@ def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_run: list[str], o
     overrides = [o for o in fast_run if not o.startswith("data.")]
     overrides += ["data.name=mnist", "data.val_size=16", "train.epochs=1", "eval.n_train=0"]
     monkeypatch.chdir(a)
-    assert main(["train", *_sets(overrides), "--quiet"]) == 0
+    assert main(["train", *sets(overrides), "--quiet"]) == 0
     (run_dir,) = [p for p in (a / "runs").iterdir() if p.is_dir()]
     monkeypatch.chdir(b)
     return a, b, run_dir

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import sets
 from robustlab.cli.main import main
 from robustlab.config import build_config
 from robustlab.errors import ConfigError
@@ -39,8 +40,17 @@ def restore_backends(monkeypatch: pytest.MonkeyPatch):
 
 
 def _train(out: Path, overrides: list[str]) -> list[dict[str, Any]]:
-    sets = [arg for o in overrides for arg in ("--set", o)]
-    code = main(["train", *sets, "--out", str(out), "--store", str(out.parent / "s.db"), "--quiet"])
+    code = main(
+        [
+            "train",
+            *sets(overrides),
+            "--out",
+            str(out),
+            "--store",
+            str(out.parent / "s.db"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 

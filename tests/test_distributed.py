@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from conftest import sets
 from robustlab.cli.main import main
 from robustlab.data import DeviceLoader
 from robustlab.data.loader import ShardedLoader
@@ -50,10 +51,6 @@ RUN = [
     "device=cpu",
 ]
 LOSS_TOLERANCE = 1e-4
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [arg for item in overrides for arg in ("--set", item)]
 
 
 def test_sharded_loader_splits_every_global_batch_exactly():
@@ -165,7 +162,7 @@ sys.exit(main(sys.argv[1:]))
 def test_two_processes_match_one_and_resume_after_a_crash(tmp_path, capsys, one_thread):
     """The acceptance test of multi-GPU runs, on the CPU with gloo: the same final metrics as
     one process with the same global batch, after a crash and ``train --resume`` under torchrun."""
-    assert main(["train", *_sets(RUN), "--out", str(tmp_path / "one"), "--json", "--store",
+    assert main(["train", *sets(RUN), "--out", str(tmp_path / "one"), "--json", "--store",
                  str(tmp_path / "one.db")]) == 0  # fmt: skip
     single = json.loads(capsys.readouterr().out)
 
@@ -173,7 +170,7 @@ def test_two_processes_match_one_and_resume_after_a_crash(tmp_path, capsys, one_
     script.write_text(CRASH_AFTER_FIRST_EPOCH)
     run_dir = tmp_path / "ddp"
     crashed = _torchrun(
-        ["train", *_sets(RUN), "--out", str(run_dir), "--store", str(tmp_path / "ddp.db")],
+        ["train", *sets(RUN), "--out", str(run_dir), "--store", str(tmp_path / "ddp.db")],
         tmp_path,
         script,
     )

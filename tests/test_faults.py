@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import train_cli, without_time
 from robustlab import _faults
 from robustlab.cli.main import main
 from robustlab.store import ResultsStore
@@ -57,10 +58,6 @@ def _resume(tmp: Path, name: str, fault: str | None = None) -> subprocess.Popen:
     return _cli(tmp, "--resume", name, "--store", f"{name}.db", fault=fault)
 
 
-def _without_time(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in m.items() if k != "time_s"} for m in history]
-
-
 def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -73,15 +70,15 @@ def reference(tmp_path_factory) -> tuple[list[dict], dict, float]:
     process = _start(tmp, "ref")
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
-    return _without_time(_metrics(tmp / "ref")), json.loads(out), time.monotonic() - started
+    return without_time(_metrics(tmp / "ref")), json.loads(out), time.monotonic() - started
 
 
 def _assert_like_reference(tmp: Path, name: str, result: str, reference) -> None:
     """The resumed run's epochs (file and store: each once) and final numbers are the reference's."""
     history, summary, _ = reference
-    assert _without_time(_metrics(tmp / name)) == history
+    assert without_time(_metrics(tmp / name)) == history
     final = json.loads(result)
-    assert _without_time([final["final"]]) == _without_time([summary["final"]])
+    assert without_time([final["final"]]) == without_time([summary["final"]])
     assert (
         final["selection"]["last"]["robust_accuracy"]
         == (summary["selection"]["last"]["robust_accuracy"])
@@ -89,7 +86,7 @@ def _assert_like_reference(tmp: Path, name: str, result: str, reference) -> None
     store = ResultsStore(tmp / f"{name}.db", create=False)
     (record,) = store.runs()
     assert record.status == "finished"
-    assert _without_time(store.epochs(record.run_id)) == history  # no epoch twice or missing
+    assert without_time(store.epochs(record.run_id)) == history  # no epoch twice or missing
     assert len(store.evaluations(record.run_id)) == len(summary["selection"])
     assert not list((tmp / name / "checkpoints").glob(".*.tmp"))
 
@@ -147,18 +144,12 @@ def test_a_run_killed_while_its_directory_was_created_is_started_again(
     half_made = tmp_path / "run"
     (half_made / "checkpoints").mkdir(parents=True)
     (half_made / "config.toml").write_text("seed = 0\n")  # killed before run.json
-    assert _train(tmp_path, [*fast_run, *FAST_SETS]) == 0
+    assert train_cli(tmp_path, [*fast_run, *FAST_SETS]) == 0
     assert len(_metrics(half_made)) == 3
-    assert _train(tmp_path, [*fast_run, *FAST_SETS]) == 2  # a whole run is never overwritten
+    assert train_cli(tmp_path, [*fast_run, *FAST_SETS]) == 2  # a whole run is never overwritten
 
 
 # ------------------------------------------------------------------- point 2: damaged last.pt
-
-
-def _train(tmp_path: Path, sets: list[str], *extra: str) -> int:
-    args = [part for item in sets for part in ("--set", item)]
-    out = ["--out", str(tmp_path / "run"), "--store", str(tmp_path / "s.db"), "--quiet"]
-    return main(["train", *args, *out, *extra])
 
 
 def _resume_in_process(tmp_path: Path) -> int:
@@ -192,8 +183,8 @@ def test_the_last_checkpoint_keeps_its_predecessor_until_the_new_one_verifies(
 def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(
     tmp_path, fast_run, one_thread, capsys, damage
 ) -> None:
-    assert _train(tmp_path, [*fast_run, *FAST_SETS]) == 0
-    expected = _without_time(_metrics(tmp_path / "run"))
+    assert train_cli(tmp_path, [*fast_run, *FAST_SETS]) == 0
+    expected = without_time(_metrics(tmp_path / "run"))
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     data = last.read_bytes()
     if damage == "truncated":
@@ -214,17 +205,17 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(
         assert "fails its checksum" in notice and f"kept as {evidence[0].name}" in notice
         assert evidence[0].read_bytes() != data and len(evidence) == 1  # the evidence, kept
     # Epoch 3 was trained again from epoch 2's state: the same numbers, each epoch once.
-    assert _without_time(_metrics(tmp_path / "run")) == expected
+    assert without_time(_metrics(tmp_path / "run")) == expected
     store = ResultsStore(tmp_path / "s.db", create=False)
     (record,) = store.runs()
-    assert _without_time(store.epochs(record.run_id)) == expected
+    assert without_time(store.epochs(record.run_id)) == expected
     assert load_checkpoint(last)["epoch"] == 3
 
 
 def test_no_verified_checkpoint_refuses_to_resume_and_touches_nothing(
     tmp_path, fast_run, one_thread, capsys
 ) -> None:
-    assert _train(tmp_path, [*fast_run, *FAST_SETS]) == 0
+    assert train_cli(tmp_path, [*fast_run, *FAST_SETS]) == 0
     checkpoints = tmp_path / "run" / "checkpoints"
     for name in ("last.pt", "last.prev.pt"):
         (checkpoints / name).write_bytes((checkpoints / name).read_bytes()[:1000])
@@ -239,12 +230,6 @@ def test_no_verified_checkpoint_refuses_to_resume_and_touches_nothing(
 # ------------------------------------------------------------------- point 3: a full disk
 
 
-@pytest.fixture
-def fault():
-    yield _faults.configure
-    _faults.configure(None)
-
-
 @pytest.fixture(scope="module")
 def fast_reference(tmp_path_factory) -> list[dict]:
     """The uninterrupted run of ``fast_run`` (conftest), in this process, on one thread."""
@@ -254,10 +239,10 @@ def fast_reference(tmp_path_factory) -> list[dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert _train(tmp, [*FAST_RUN, *FAST_SETS]) == 0
+        assert train_cli(tmp, [*FAST_RUN, *FAST_SETS]) == 0
     finally:
         torch.set_num_threads(threads)
-    return _without_time(_metrics(tmp / "run"))
+    return without_time(_metrics(tmp / "run"))
 
 
 @pytest.mark.parametrize(
@@ -272,7 +257,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_resume_continues(
     tmp_path, fast_run, one_thread, fault, capsys, fast_reference, where, named
 ) -> None:
     fault(f"{where}:enospc")
-    assert _train(tmp_path, [*fast_run, *FAST_SETS]) == 3
+    assert train_cli(tmp_path, [*fast_run, *FAST_SETS]) == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("\n") == 1
     assert err.startswith("robustlab train: error: no space left on the device writing ")
@@ -295,8 +280,8 @@ def test_a_full_disk_stops_the_run_with_one_line_and_resume_continues(
     # Space is back.
     fault(None)
     assert _resume_in_process(tmp_path) == 0
-    assert _without_time(_metrics(run)) == fast_reference
-    assert _without_time(store.epochs(record.run_id)) == fast_reference
+    assert without_time(_metrics(run)) == fast_reference
+    assert without_time(store.epochs(record.run_id)) == fast_reference
     assert store.run(record.run_id).status == "finished"
 
 

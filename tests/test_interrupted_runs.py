@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import sets
 from robustlab.cli.main import main
 from robustlab.config import build_config
 from robustlab.rundir import RunDirectory, shown_status
@@ -36,10 +37,6 @@ ENDLESS = [
 ]
 
 
-def _sets(items: list[str]) -> list[str]:
-    return [part for item in items for part in ("--set", item)]
-
-
 def _default_sigint() -> None:
     # A test runner started in the background may ignore SIGINT, and a child inherits that.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -50,7 +47,7 @@ def test_a_signal_marks_the_run_interrupted(tmp_path: Path, signum: signal.Signa
     run_dir, store = tmp_path / "run", tmp_path / "store.db"
     outputs = ["--out", str(run_dir), "--store", str(store), "--quiet"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "robustlab", "train", *_sets(ENDLESS), *outputs],
+        [sys.executable, "-m", "robustlab", "train", *sets(ENDLESS), *outputs],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from robustlab import _faults
-from robustlab.cli.main import main
+from conftest import train_cli
 from robustlab.config import build_config, to_toml
 from robustlab.errors import ConfigError
 from robustlab.store import ResultsStore
@@ -22,19 +20,6 @@ from robustlab.training.runner import prepare
 # A constant learning rate (piecewise, its only milestone at the end), so a lowered one shows.
 CONSTANT_LR = ["train.schedule=piecewise", "train.milestones=[3]", "eval.final=false"]
 STEPS_PER_EPOCH = 4  # 256 training points (minus the 64 of validation) in batches of 64 -> 3 + 1
-
-
-@pytest.fixture
-def fault():
-    """Arm ``robustlab._faults`` for this test only (the ROBUSTLAB_FAULT syntax)."""
-    yield _faults.configure
-    _faults.configure(None)
-
-
-def _train(tmp_path: Path, sets: list[str], *extra: str) -> int:
-    args = [part for item in sets for part in ("--set", item)]
-    out = ["--out", str(tmp_path / "run"), "--store", str(tmp_path / "s.db"), "--quiet"]
-    return main(["train", *args, *out, *extra])
 
 
 def _one_line(err: str) -> str:
@@ -49,7 +34,7 @@ def test_a_nan_or_inf_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 ) -> None:
     # The second step of epoch 2 is poisoned; its gradients make the weights NaN too.
     fault(f"loss:{STEPS_PER_EPOCH + 2}:{kind}")
-    code = _train(tmp_path, [*fast_run, *CONSTANT_LR])
+    code = train_cli(tmp_path, [*fast_run, *CONSTANT_LR])
     err = capsys.readouterr().err
     assert code == 3
     line = _one_line(err)
@@ -68,7 +53,7 @@ def test_a_nan_or_inf_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 def test_a_gradient_norm_above_the_limit_stops_the_run(
     tmp_path, fast_run, one_thread, capsys
 ) -> None:
-    code = _train(tmp_path, [*fast_run, "train.grad_norm_limit=1e-6"])
+    code = train_cli(tmp_path, [*fast_run, "train.grad_norm_limit=1e-6"])
     line = _one_line(capsys.readouterr().err)
     assert code == 3
     assert "gradient norm " in line and "> train.grad_norm_limit=1e-06 in epoch 1" in line
@@ -81,7 +66,7 @@ def test_rollback_reloads_the_previous_epoch_and_lowers_the_learning_rate(
 ) -> None:
     fault(f"loss:{STEPS_PER_EPOCH + 2}:nan")  # once: the rolled-back epoch 2 then trains cleanly
     sets = [*fast_run, *CONSTANT_LR, "train.on_nan=rollback", "train.nan_lr_factor=0.25"]
-    assert _train(tmp_path, sets) == 0
+    assert train_cli(tmp_path, sets) == 0
     err = capsys.readouterr().err
     (notice,) = [line for line in err.splitlines() if "rolled back" in line]
     assert notice == (
@@ -103,7 +88,7 @@ def test_rollback_of_the_first_epoch_restarts_from_the_initial_weights(
     tmp_path, fast_run, one_thread, fault, capsys
 ) -> None:
     fault("loss:2:inf")
-    assert _train(tmp_path, [*fast_run, *CONSTANT_LR, "train.on_nan=rollback"]) == 0
+    assert train_cli(tmp_path, [*fast_run, *CONSTANT_LR, "train.on_nan=rollback"]) == 0
     assert "inf loss in epoch 1; rolled back to the start of the run" in capsys.readouterr().err
     history = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["lr"] for m in history] == [0.025] * 3
@@ -114,7 +99,7 @@ def test_rollback_gives_up_after_nan_max_rollbacks(
 ) -> None:
     fault(f"loss:{STEPS_PER_EPOCH + 2}+:nan")  # every loss from epoch 2 on
     sets = [*fast_run, *CONSTANT_LR, "train.on_nan=rollback", "train.nan_max_rollbacks=2"]
-    assert _train(tmp_path, sets) == 3
+    assert train_cli(tmp_path, sets) == 3
     err = capsys.readouterr().err
     assert err.count("rolled back to the end of epoch 1") == 2
     line = _one_line(err)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import without_time
 from robustlab.store import ResultsStore
 
 # Long enough per epoch (~0.3 s) that a kill after the second epoch lands inside the third.
@@ -27,10 +28,6 @@ def _train(args: list[str], cwd: Path) -> subprocess.Popen:
         [sys.executable, "-m", "robustlab", "train", *args, *sets, "--quiet", "--json"],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-
-
-def _without_time(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in m.items() if k != "time_s"} for m in history]
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -65,7 +62,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> Non
     ]
     victim_history = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [m["epoch"] for m in victim_history] == [1, 2, 3, 4, 5, 6]
-    assert _without_time(victim_history) == _without_time(reference_history)
+    assert without_time(victim_history) == without_time(reference_history)
     assert {k: v for k, v in result["final"].items() if k != "time_s"} == {
         k: v for k, v in expected["final"].items() if k != "time_s"
     }
@@ -76,5 +73,5 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> Non
     assert record.status == "finished"
     stored = store.epochs(record.run_id)
     assert [m["epoch"] for m in stored] == [1, 2, 3, 4, 5, 6]  # no epoch twice
-    assert _without_time(stored) == _without_time(reference_history)
+    assert without_time(stored) == without_time(reference_history)
     assert not list((tmp_path / "victim" / "checkpoints").glob("*.tmp"))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import without_time
 from robustlab.config import build_config
 from robustlab.rundir import RunDirectory
 from robustlab.training import runner
@@ -41,10 +42,6 @@ def _crash_after(epoch: int):
             raise Crash  # after the epoch's checkpoint, as a kill between epochs would be
 
     return on_epoch
-
-
-def _without_time(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in m.items() if k != "time_s"} for m in history]
 
 
 def _crashed_run(tmp_path: Path, overrides: list[str]) -> tuple[RunDirectory, object]:
@@ -204,7 +201,7 @@ def test_a_crashed_cuda_run_resumes_to_the_same_metrics(
     exp = prepare(config)
     resumed = fit(exp, run, "victim", resume=True, show_progress=False)
 
-    assert _without_time(resumed.history) == _without_time(reference.history)
+    assert without_time(resumed.history) == without_time(reference.history)
     for parameter, state in exp.optimizer.state.items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor):

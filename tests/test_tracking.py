@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import without_time
 from robustlab.attacks import create_attack
 from robustlab.config import build_config
 from robustlab.data import DeviceLoader
@@ -23,10 +24,6 @@ from robustlab.training.tracking import IterationTracker, plot_iterations
 
 FIELDS = {"iteration", "epoch", "lr", "eps", "loss", "rob_loss", "rob_error", "grad_norm",
           "distance", "lam"}  # fmt: skip
-
-
-def _without_time(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in m.items() if k != "time_s"} for m in history]
 
 
 class Crash(Exception):
@@ -79,7 +76,7 @@ def test_tracking_changes_nothing_in_training(
         config = build_config(None, [*fast_run, f"train.track_every={every}", "eval.final=false"])
         run = RunDirectory.create(tmp_path / f"run{every}", config, f"r{every}")
         histories.append(fit(prepare(config), run, f"r{every}", show_progress=False).history)
-    assert _without_time(histories[0]) == _without_time(histories[1])
+    assert without_time(histories[0]) == without_time(histories[1])
     assert not (tmp_path / "run0" / "iterations.jsonl").exists()
 
 

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from conftest import without_time
 from robustlab.cli.main import main
 from robustlab.config import build_config
 from robustlab.rundir import RunDirectory
@@ -31,10 +32,6 @@ class Crash(Exception):
     pass
 
 
-def _without_time(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in m.items() if k != "time_s"} for m in history]
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_a_crashed_run_resumes_to_the_same_metrics(tmp_path, fast_run, variant) -> None:
     overrides = [*fast_run, "train.epochs=4", "eval.final=false", *VARIANTS[variant]]
@@ -56,7 +53,7 @@ def test_a_crashed_run_resumes_to_the_same_metrics(tmp_path, fast_run, variant) 
     with pytest.raises(Crash):
         fit(prepare(config), run, "victim", show_progress=False, on_epoch=crash_after_second)
     resumed = fit(prepare(config), run, "victim", resume=True, show_progress=False)
-    assert _without_time(resumed.history) == _without_time(reference.history)
+    assert without_time(resumed.history) == without_time(reference.history)
     assert [m["epoch"] for m in run.read_metrics()] == [1, 2, 3, 4]
 
 
@@ -167,7 +164,7 @@ def test_a_run_draws_the_same_numbers_whatever_ran_before_it(tmp_path, fast_run,
         "alone",
         show_progress=False,
     )
-    assert _without_time(results[1].history) == _without_time(alone.history)
+    assert without_time(results[1].history) == without_time(alone.history)
     untimed = [
         {which: {k: v for k, v in s.items() if k != "seconds"} for which, s in r.selection.items()}
         for r in (results[1], alone)
