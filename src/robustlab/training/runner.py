@@ -734,6 +734,35 @@ def _epoch_end(epoch: int) -> str:
     return f"the end of epoch {epoch}" if epoch else "the start of the run"
 
 
+def _record_stop(
+    exp: Experiment,
+    run: RunDirectory,
+    run_id: str,
+    store: ResultsStore | None,
+    status: str,
+    *,
+    best_effort: bool = False,
+    **info: Any,
+) -> list[dict[str, Any]]:
+    """Record a run that stopped before its end as ``status`` in ``run.json`` (with ``info``:
+    its error, signal, wall time) and in the store; returns its epochs so far. ``best_effort``:
+    recording is itself a write, which may fail as the one that stopped the run (a full
+    disk) did."""
+    tolerate = contextlib.suppress(OSError, ValueError) if best_effort else contextlib.nullcontext()
+    history: list[dict[str, Any]] = []
+    with tolerate:
+        history = run.read_metrics()
+        if exp.is_main:
+            run.update_info(status=status, epochs_done=len(history), **info)
+    with tolerate:
+        if exp.is_main and store is not None and store.has_run(run_id):
+            summary = {"final": history[-1] if history else {}, "stopped_early": False}
+            if "error" in info:
+                summary["error"] = info["error"]
+            store.finish_run(run_id, status, summary)
+    return history
+
+
 def _mark_failed(
     exp: Experiment,
     run: RunDirectory,
@@ -747,12 +776,7 @@ def _mark_failed(
     reason = str(fault)
     if train.on_nan == "rollback" and guard is not None:
         reason += f" after {guard.rollbacks} rollbacks (train.nan_max_rollbacks={train.nan_max_rollbacks})"
-    history = run.read_metrics()
-    if exp.is_main:
-        run.update_info(status="failed", error=reason, epochs_done=len(history))
-        if store is not None and store.has_run(run_id):
-            summary = {"final": history[-1] if history else {}, "error": reason}
-            store.finish_run(run_id, "failed", {**summary, "stopped_early": False})
+    history = _record_stop(exp, run, run_id, store, "failed", error=reason)
     kept = (
         f"last good checkpoint: epoch {len(history)}, {str(run.last_checkpoint.resolve())!r}"
         if history
@@ -771,14 +795,7 @@ def _mark_disk_full(
     """A full disk stops the run: every write before it is whole (atomic files, store
     transactions), so the run is ``interrupted`` and resumes once there is space. Recording
     that is itself a write, and may fail too: best effort."""
-    history: list[dict[str, Any]] = []
-    with contextlib.suppress(OSError, ValueError):
-        history = run.read_metrics()
-        if exp.is_main:
-            run.update_info(status="interrupted", error=str(exc), epochs_done=len(history))
-    with contextlib.suppress(OSError, ValueError):
-        if exp.is_main and store is not None and store.has_run(run_id):
-            store.finish_run(run_id, "interrupted", {"final": history[-1] if history else {}})
+    history = _record_stop(exp, run, run_id, store, "interrupted", best_effort=True, error=str(exc))
     return DiskFullError(
         f"{exc}; stopped after {len(history)}/{exp.config.train.epochs} epochs, the last good "
         f"checkpoint kept; free space, then resume with: robustlab train --resume "
@@ -797,17 +814,10 @@ def _mark_interrupted(
     """Record the interruption; the epochs in ``metrics.jsonl`` are those the last checkpoint
     holds (an epoch is logged only after its checkpoint is written), so a resume loses none."""
     signum = int(getattr(exc, "signum", signal.SIGINT))
-    history = run.read_metrics()
-    info = run.read_info()
-    run.update_info(
-        status="interrupted",
-        signal=signal.Signals(signum).name,
-        epochs_done=len(history),
-        wall_time_s=info.get("wall_time_s", 0.0) + (time.perf_counter() - started),
+    wall = run.read_info().get("wall_time_s", 0.0) + (time.perf_counter() - started)
+    history = _record_stop(
+        exp, run, run_id, store, "interrupted", signal=signal.Signals(signum).name, wall_time_s=wall
     )
-    if store is not None and store.has_run(run_id):
-        summary = {"final": history[-1] if history else {}, "stopped_early": False}
-        store.finish_run(run_id, "interrupted", summary)
     where = run.path.resolve()
     return RunInterrupted(
         f"interrupted by {signal.Signals(signum).name} after {len(history)}/"
