@@ -16,6 +16,7 @@ from torch import nn
 
 from ..attacks import Attack, model_mode
 from ..errors import ConfigError
+from ..models._base import shape_mismatches
 from ._base import DIAGNOSTICS, DiagnosticResult, as_float, batch_slices
 from ._parameters import (
     AtParameters,
@@ -136,20 +137,16 @@ def check_same_architecture(model: nn.Module, other: nn.Module) -> None:
         count = sum(p.numel() for p in m.parameters())
         return f"{type(m).__name__} with {count:,} parameters"
 
+    mismatch = shape_mismatches(ours, theirs)
+    one_sided = sorted(name for name, shapes in mismatch.items() if None in shapes)
     problem = None
     if type(model) is not type(other):
         problem = f"a {type(other).__name__}, not a {type(model).__name__}"
-    elif ours.keys() != theirs.keys():
-        missing = sorted(set(ours) ^ set(theirs))
-        problem = f"its layers differ (e.g. {missing[0]!r} is in one model only)"
-    else:
-        for name, tensor in ours.items():
-            if tensor.shape != theirs[name].shape:
-                problem = (
-                    f"{name!r} has shape {tuple(theirs[name].shape)} there and "
-                    f"{tuple(tensor.shape)} here"
-                )
-                break
+    elif one_sided:
+        problem = f"its layers differ (e.g. {one_sided[0]!r} is in one model only)"
+    elif mismatch:
+        name, (their_shape, our_shape) = next(iter(mismatch.items()))
+        problem = f"{name!r} has shape {their_shape} there and {our_shape} here"
     if problem is not None:
         raise ConfigError(
             "other",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -165,3 +165,22 @@ def validate_shape_args(name: str, spec: FamilySpec, width: int | float, depth: 
 
 def _fractional_families() -> list[str]:
     return [n for n in MODELS.names() if MODELS.meta(n)["spec"].fractional_width]
+
+
+Shape = tuple[int, ...]
+
+
+def shape_mismatches(
+    ours: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor]
+) -> dict[str, tuple[Shape | None, Shape | None]]:
+    """The tensors of two state dicts that do not fit each other: name -> (their shape, our
+    shape), None where one side lacks the name; ``ours``' order, then names only ``theirs``
+    has. Empty when one model's weights load into the other."""
+    out: dict[str, tuple[Shape | None, Shape | None]] = {}
+    for name, tensor in ours.items():
+        other = theirs.get(name)
+        if other is None or other.shape != tensor.shape:
+            out[name] = (None if other is None else tuple(other.shape), tuple(tensor.shape))
+    for name in theirs.keys() - ours.keys():
+        out[name] = (tuple(theirs[name].shape), None)
+    return out

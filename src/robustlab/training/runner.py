@@ -33,6 +33,7 @@ from ..errors import CheckpointError, ConfigError, DiskFullError, NumericalFault
 from ..evaluation import evaluate_robustness
 from ..evaluation.lipschitz import local_lipschitz
 from ..models import NormalizedModel, SnapshotEnsemble, count_parameters, create_model, family_spec
+from ..models._base import shape_mismatches
 from ..progress import Progress
 from ..report.labels import attack_settings, evaluation_label
 from ..rundir import METRIC_ORDER, RunDirectory
@@ -383,11 +384,7 @@ def load_initial_weights(model: nn.Module, spec: dict[str, Any], source: str) ->
         for k in fields
         if theirs.get(k) != spec.get(k)
     ]
-    ours = model.state_dict()
-    shapes = {k: tuple(v.shape) for k, v in state.get("model", {}).items()}
-    if not differ and (
-        shapes.keys() != ours.keys() or any(shapes[k] != tuple(v.shape) for k, v in ours.items())
-    ):
+    if not differ and shape_mismatches(model.state_dict(), state.get("model", {})):
         differ = ["its tensors do not match this model's"]
     if differ:
         raise ConfigError(
@@ -580,16 +577,14 @@ def _check_architecture(model: nn.Module, weights: dict[str, Any], run: RunDirec
     Raises:
         CheckpointError: the tensor names or shapes differ.
     """
-    theirs = {k: str(tuple(v.shape)) for k, v in weights.items()}
-    ours = {k: str(tuple(v.shape)) for k, v in model.state_dict().items()}
-    mismatch = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    mismatch = shape_mismatches(model.state_dict(), weights)
     if mismatch:
-        name = mismatch[0]
+        name = min(mismatch)
+        theirs, ours = (str(shape) if shape else "absent" for shape in mismatch[name])
         raise CheckpointError(
             f"checkpoint {str(run.last_checkpoint)!r} holds another architecture than "
             f"{str(run.config_file)!r} builds ({len(mismatch)} tensors differ, e.g. {name}: "
-            f"{theirs.get(name, 'absent')} there, {ours.get(name, 'absent')} here); "
-            "resume with the config the run was trained with"
+            f"{theirs} there, {ours} here); resume with the config the run was trained with"
         )
 
 
