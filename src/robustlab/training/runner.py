@@ -127,6 +127,9 @@ class Experiment:
     tracker: IterationTracker | None = None
     # With train.on_nan = "rollback": the state a rollback of the first epoch returns to.
     initial_state: dict[str, Any] | None = None
+    # The last checkpoint as check_resumable read it, for the resume to use rather than read
+    # and verify the file again (taken once).
+    resume_state: dict[str, Any] | None = None
 
     @property
     def is_main(self) -> bool:
@@ -562,6 +565,7 @@ def check_resumable(exp: Experiment, run: RunDirectory) -> None:
     except CheckpointError:
         return
     _check_architecture(exp.model, state["model"], run)
+    exp.resume_state = state
 
 
 def _load_model_state(model: nn.Module, weights: dict[str, Any], run: RunDirectory) -> None:
@@ -850,7 +854,8 @@ def _fit(
     if main:
         run.remove_partial_writes()
     if resume and has_checkpoint(run):
-        start_epoch, step, history, best = _restore(exp, run)
+        state, exp.resume_state = exp.resume_state, None
+        start_epoch, step, history, best = _restore(exp, run, state)
     elif resume and exp.initial_state is not None:  # a rollback of the first epoch
         start_epoch, step, history, best = _restore(exp, run, copy.deepcopy(exp.initial_state))
     elif exp.rng_state is not None:
