@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import io
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -31,7 +30,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_write_bytes
 from .._options import accepted_options
 from ..attacks import Attack
 from ..diagnostics import DIAGNOSTICS, DIRECTIONS, SOLVERS, create_diagnostic, list_diagnostics
@@ -50,7 +48,7 @@ from ..report import attack_settings, format_eps, format_value, render_table
 from ..report.labels import attack_label
 from ..store import ResultsStore
 from ..store.sqlite import check_store_location
-from ..training.checkpoint import save_checkpoint, seed_everything
+from ..training.checkpoint import save_checkpoint, save_torch_file, seed_everything
 from ..training.runner import model_spec_for, resolve_device
 from ._common import _clean, add_store_argument, emit_json, info, register_command, store_for
 from ._sources import LoadedModel, check_fits
@@ -63,6 +61,7 @@ from ._target import (
     check_counts,
     data_config,
     eval_batch_size,
+    floats,
     load_dataset,
     load_target,
     norm_setting,
@@ -337,10 +336,10 @@ def _radius(flag: str, text: str) -> float:
 
 def _grid(flag: str, text: str) -> list[float]:
     """``"0,0.1,1/2"`` -> ``[0.0, 0.1, 0.5]``; an empty list is a grid with no points."""
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts:
+    values = floats(flag, text)
+    if not values:
         raise ConfigError(flag, text, "a grid with no points; give values, e.g. 0,0.1,0.5")
-    return [number(flag, part) for part in parts]
+    return values
 
 
 def _output_file(flag: str, text: str) -> str:
@@ -655,9 +654,7 @@ def _save_middle(result: Any, settings: Settings) -> dict[str, str]:
         }
         save_checkpoint(settings.save_middle, state)
     else:
-        buffer = io.BytesIO()
-        torch.save(result.middle_state, buffer)
-        atomic_write_bytes(settings.save_middle, buffer.getvalue())
+        save_torch_file(settings.save_middle, result.middle_state)
     return {"middle checkpoint (t = 0.5)": settings.save_middle}
 
 

@@ -7,14 +7,12 @@ returning a ``torch.nn.Module``. Several attacks (or ``autoattack``) run as a wo
 from __future__ import annotations
 
 import argparse
-import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._io import atomic_write_bytes
 from ..attacks import Attack, model_mode
 from ..evaluation import STABILITY_LABELS, RobustnessResult, evaluate_robustness, expand_attacks
 from ..evaluation.cascade import check_state_file
@@ -28,7 +26,7 @@ from ..progress import Progress
 from ..report import attack_settings, render_table
 from ..store import ResultsStore
 from ..store.sqlite import check_store_location
-from ..training.checkpoint import seed_everything
+from ..training.checkpoint import save_torch_file, seed_everything
 from ..training.runner import resolve_device
 from ._common import add_store_argument, emit_json, info, register_command, store_for
 from ._sources import LoadedModel, check_fits
@@ -276,9 +274,7 @@ def _save_adversarial(
         "eps": summary["eps"],
         "norm": summary["norm"],
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_torch_file(path, payload)
 
 
 register_command(

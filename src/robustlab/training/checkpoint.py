@@ -44,9 +44,7 @@ def save_checkpoint(
         CheckpointError: the temp file read back does not match (the old files are untouched).
         DiskFullError: the device is full (the old files are untouched).
     """
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
+    payload = torch_bytes(state)
     header = b"%s %d %s\n" % (MAGIC, VERSION, hashlib.sha256(payload).hexdigest().encode())
     path = Path(path)
 
@@ -61,6 +59,19 @@ def save_checkpoint(
         fault_point="checkpoint-write",
         before_replace=verify_then_keep_previous if keep_previous else None,
     )
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """``obj`` as ``torch.save`` writes it."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def save_torch_file(path: str | Path, obj: Any) -> None:
+    """``torch.save(obj, path)``, written atomically (no checksum header: ``torch.load`` reads
+    it, for files meant for other programs)."""
+    atomic_write_bytes(path, torch_bytes(obj))
 
 
 def previous_checkpoint(path: str | Path) -> Path:
