@@ -28,7 +28,7 @@ from ..store.sqlite import RunRecord
 from ..sweep import aggregate
 from ..sweep.aggregate import RUN_KEY, Grid, final_metrics, value_of
 from .labels import epoch_split, evaluation_label
-from .selection import PREFERRED_COLS, PREFERRED_ROWS, varying_keys
+from .selection import PREFERRED_COLS, PREFERRED_ROWS, as_key, varying_keys
 
 # The report's standard metrics: for each, the final metrics that measure it, best first (the
 # last model on the whole test set; else the last epoch on eval.n points).
@@ -161,7 +161,7 @@ def _same_split(records: Sequence[RunRecord], key: str, other: str | None) -> bo
         return False
     if key == other:
         return True
-    pairs = {(_json(value_of(r, key)), _json(value_of(r, other))) for r in records}
+    pairs = {(as_key(value_of(r, key)), as_key(value_of(r, other))) for r in records}
     return len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
 
 
@@ -210,7 +210,7 @@ def _facets(
     groups: dict[str, tuple[dict[str, Any], list[RunRecord]]] = {}
     for record in records:
         values = {k: value_of(record, k) for k in keys}
-        groups.setdefault(_json(values), (values, []))[1].append(record)
+        groups.setdefault(as_key(values), (values, []))[1].append(record)
     try:
         return [groups[k] for k in sorted(groups, key=lambda k: tuple(groups[k][0].values()))]
     except TypeError:
@@ -262,7 +262,3 @@ def _show(value: Any) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_") or "x"
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=str, sort_keys=True)

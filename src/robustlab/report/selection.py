@@ -230,7 +230,7 @@ def varying_keys(records: Sequence[RunRecord]) -> dict[str, list[Any]]:
     for key in ordered:
         if key in NOT_AXES:
             continue
-        values = [_json(f.get(key)) for f in flats]
+        values = [as_key(f.get(key)) for f in flats]
         if len(set(values)) < 2:
             continue
         # Runs grouped by this key's value: two keys with the same groups are one setting.
@@ -246,7 +246,7 @@ def varying_keys(records: Sequence[RunRecord]) -> dict[str, list[Any]]:
 def _sorted_values(values: Sequence[Any]) -> list[Any]:
     unique: dict[str, Any] = {}
     for value in values:
-        unique.setdefault(_json(value), value)
+        unique.setdefault(as_key(value), value)
     try:
         return sorted(unique.values())
     except TypeError:  # mixed types (None and numbers): first-seen order
@@ -254,8 +254,9 @@ def _sorted_values(values: Sequence[Any]) -> list[Any]:
 
 
 def _same(a: Any, b: Any) -> bool:
-    return _json(a) == _json(b)
+    return as_key(a) == as_key(b)
 
 
-def _json(value: Any) -> str:
+def as_key(value: Any) -> str:
+    """``value`` as a comparable, hashable text (lists and tables included)."""
     return json.dumps(value, sort_keys=True, default=str)
